@@ -1,0 +1,73 @@
+// Command bolt runs task documents from a MongoDB collection, each in its own OS process.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+const usage = `bolt runs the tasks in MongoDB collection task_queue of database bolt_<env>,
+each in its own OS process.
+
+Usage:
+  bolt run [--drain] [settings]       run tasks until stopped (--drain: until none is due)
+  bolt enqueue TASK [--json '{...}'] [--run-at TIME] [--timeout SECONDS] [settings]
+                                      insert a task and print its id
+  bolt db [--listen ADDR] [--data DIR] serve the embedded store on its own
+  bolt config [settings]              print every setting, its value and where it came from
+  bolt help                           print this text
+
+Settings come from bolt.conf in the application folder, then BOLT_<NAME> variables, then
+flags (a flag wins). Run "bolt config" to list them.
+`
+
+// errUsage marks a command-line mistake; main prints the usage after it.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args))
+}
+
+func run(args []string) int {
+	name := filepath.Base(args[0])
+	rest := args[1:]
+	command := ""
+	if len(rest) > 0 {
+		command, rest = rest[0], rest[1:]
+	}
+
+	var err error
+	switch command {
+	case "run":
+		err = runDaemon(rest)
+	case "enqueue":
+		err = enqueue(rest)
+	case "db":
+		err = serveDB(rest)
+	case "config":
+		err = printConfig(rest)
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+		return 0
+	case "":
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	default:
+		fmt.Fprintf(os.Stderr, "%s: unknown command %q\n\n%s", name, command, usage)
+		return 2
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s %s: %v\n", name, command, err)
+		if errors.Is(err, errUsage) {
+			return 2
+		}
+		return 1
+	}
+	return 0
+}
