@@ -81,6 +81,18 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 		log.Warn().Err(err).Msg("bolt: creating indexes failed; claims still work but may be slower")
 	}
 
+	// run_at is compared with the server's clock, so hosts with wrong clocks agree.
+	skew, _ := time.ParseDuration(os.Getenv("BOLT_TEST_CLOCK_SKEW"))
+	clock := store.NewClock(st, skew)
+	if offset, err := clock.Sync(fetchCtx); err != nil {
+		log.Warn().Err(err).Msg("bolt: reading the server's clock failed; using this host's clock")
+	} else if offset.Abs() > time.Second {
+		log.Warn().Dur("offset", offset).Msg("bolt: this host's clock differs from the database server's; scheduling follows the server")
+	}
+	go clock.Run(fetchCtx, time.Minute, func(err error) {
+		log.Warn().Err(err).Msg("bolt: reading the server's clock failed")
+	})
+
 	liveness := &reactor.Liveness{Store: st, Lease: cfg.Lease, Host: host, AppDir: cfg.AppDir, Logger: log, OnLost: stopTasks}
 	if err := liveness.Register(fetchCtx); err != nil {
 		return err
@@ -115,6 +127,7 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 		Msg("bolt: started")
 	r := reactor.New(st, exec, reactor.Config{
 		Throttle: cfg.Throttle, CatchUpLimit: cfg.CatchUpLimit, Drain: drain, Logger: log,
+		Now: clock.Now,
 	})
 	if err := r.Run(fetchCtx, taskCtx); err != nil {
 		return fmt.Errorf("reactor: %w", err)
