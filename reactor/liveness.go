@@ -64,6 +64,9 @@ func (l *Liveness) Run(ctx context.Context) {
 		}
 		if err := l.Store.Beat(ctx, time.Now()); err != nil && ctx.Err() == nil {
 			log.Error().Err(err).Msg("liveness: beat failed")
+			// While this daemon cannot reach the store, neither can the others: forget what
+			// was observed, so nobody is judged dead for beats it could not write.
+			l.seen = map[string]observation{}
 			if errors.Is(err, store.ErrRecordGone) {
 				if l.OnLost != nil {
 					l.OnLost()
@@ -83,11 +86,13 @@ func (l *Liveness) recover(ctx context.Context, log zerolog.Logger) {
 	owners, err := l.Store.ClaimOwners(ctx)
 	if err != nil {
 		log.Error().Err(err).Msg("liveness: listing owners failed")
+		l.seen = map[string]observation{}
 		return
 	}
 	daemons, err := l.Store.ListDaemons(ctx)
 	if err != nil {
 		log.Error().Err(err).Msg("liveness: listing daemons failed")
+		l.seen = map[string]observation{}
 		return
 	}
 
