@@ -69,6 +69,9 @@ type Spec struct {
 	// ResultLimit is the maximum number of bytes read from the result file; zero or
 	// less means DefaultResultLimit.
 	ResultLimit int
+	// Guard, when set, is told about the child's process group so that the group is
+	// killed even when Bolt dies with SIGKILL (see Guard).
+	Guard *Guard
 }
 
 // Result describes how a run ended.
@@ -167,6 +170,7 @@ func Run(ctx context.Context, spec Spec) Result {
 	}
 	result.PID = proc.cmd.Process.Pid
 	result.Started = proc.started
+	spec.Guard.Add(result.PID)
 
 	exitedAt, timedOut := proc.supervise(ctx, spec)
 	result.TimedOut = timedOut
@@ -175,6 +179,7 @@ func Run(ctx context.Context, spec Spec) Result {
 	// The leader has exited but is not reaped yet, so its PID, which is also the group
 	// ID, cannot be reused: killing the group now reaches only its own leftovers.
 	proc.signalGroup(syscall.SIGKILL)
+	spec.Guard.Remove(result.PID)
 	result.ExitCode, result.Signal = proc.reap()
 
 	proc.drain()

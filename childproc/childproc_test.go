@@ -397,3 +397,27 @@ func TestRunChildDiesWithParent(t *testing.T) {
 	_ = parent.Wait()
 	requireGone(t, child)
 }
+
+func TestGuardKillsGrandchildWhenParentDies(t *testing.T) {
+	t.Parallel()
+
+	self, err := os.Executable()
+	require.NoError(t, err)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+
+	parent := exec.Command(self)
+	parent.Env = []string{helperEnv + "=guarded-parent", pidFileEnv + "=" + pidFile}
+	require.NoError(t, parent.Start())
+	t.Cleanup(func() {
+		_ = parent.Process.Kill()
+		_ = parent.Wait()
+	})
+
+	grandchild := waitForPID(t, pidFile)
+	killOnCleanup(t, grandchild)
+	require.True(t, isRunning(grandchild))
+
+	require.NoError(t, parent.Process.Signal(syscall.SIGKILL))
+	_ = parent.Wait()
+	requireGone(t, grandchild)
+}

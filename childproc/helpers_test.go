@@ -29,6 +29,10 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == GuardCommand {
+		RunGuard(os.Stdin)
+		os.Exit(0)
+	}
 	if mode := os.Getenv(helperEnv); mode != "" {
 		os.Exit(runHelper(mode, os.Args[1:]))
 	}
@@ -96,6 +100,9 @@ func runHelper(mode string, args []string) int {
 
 	case "parent":
 		return helperParent()
+
+	case "guarded-parent":
+		return helperGuardedParent()
 	}
 
 	fmt.Fprintf(os.Stderr, "unknown helper %q\n", mode)
@@ -198,6 +205,27 @@ func helperParent() int {
 	Run(context.Background(), Spec{
 		Path: self,
 		Env:  []string{helperEnv + "=hang", pidFileEnv + "=" + os.Getenv(pidFileEnv)},
+	})
+
+	return 0
+}
+
+// helperGuardedParent runs a task whose leader and grandchild both hang, under a guard.
+func helperGuardedParent() int {
+	self, err := os.Executable()
+	if err != nil {
+		return exitStatus(err)
+	}
+	guard, err := StartGuard(self)
+	if err != nil {
+		return exitStatus(err)
+	}
+
+	Run(context.Background(), Spec{
+		Path:  self,
+		Args:  []string{"hang", "hang"},
+		Env:   []string{helperEnv + "=grandchild", pidFileEnv + "=" + os.Getenv(pidFileEnv)},
+		Guard: guard,
 	})
 
 	return 0

@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mongodb.org/mongo-driver/v2/bson"
 
+	"github.com/bolt-runner/bolt/childproc"
 	"github.com/bolt-runner/bolt/notify"
 	"github.com/bolt-runner/bolt/store"
 	"github.com/bolt-runner/bolt/taskdoc"
@@ -36,6 +37,10 @@ type Config struct {
 	OutputLimit    int
 	MaxAttempts    int
 	Host           string
+
+	// Guard kills the tasks' process groups if Bolt dies; nil leaves that to the
+	// parent-death signal, which reaches only each task's leader.
+	Guard *childproc.Guard
 }
 
 // Notifier queues the mail about a task's outcome. Enqueue must not wait on a mail server.
@@ -130,7 +135,7 @@ func (e *Executor) logOutcome(log zerolog.Logger, out result) {
 	if out.PID > 0 {
 		ev = ev.Int("pid", out.PID)
 	}
-	ev = ev.Bool("success", out.Success).Dur("duration", out.Duration)
+	ev = ev.Bool("success", out.Success).Str("duration", out.Duration.Round(time.Millisecond).String())
 	if out.Ex != "" {
 		ev = ev.Str("ex", firstLine(out.Ex))
 	}

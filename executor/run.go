@@ -83,6 +83,7 @@ func (e *Executor) spec(doc bson.Raw, task taskpath.Task, timeout time.Duration)
 		Timeout:     timeout,
 		KillGrace:   e.cfg.KillGrace,
 		OutputLimit: e.cfg.OutputLimit,
+		Guard:       e.cfg.Guard,
 	}
 	var err error
 	if task.Kind == taskpath.Ruby {

@@ -16,7 +16,7 @@ import (
 )
 
 func enqueue(args []string) error {
-	f := newCommandFlags("enqueue")
+	f := newCommandFlags("enqueue", "timeout")
 	fields := f.String("json", "", "further fields of the document, as a JSON object (Extended JSON allowed)")
 	runAt := f.String("run-at", "", "do not start before this time: epoch seconds, or RFC 3339 such as 2026-12-24T18:00:00Z")
 	timeout := f.String("timeout", "", "seconds the task may run")

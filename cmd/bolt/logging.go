@@ -63,6 +63,7 @@ func newLogger(file io.Writer, level string) zerolog.Logger {
 	if isatty.IsTerminal(os.Stderr.Fd()) {
 		writers = append(writers, zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.TimeOnly})
 	}
+	zerolog.TimeFieldFormat = time.RFC3339Nano
 	lvl, err := zerolog.ParseLevel(level)
 	if err != nil {
 		lvl = zerolog.InfoLevel

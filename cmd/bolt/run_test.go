@@ -212,7 +212,8 @@ func TestTaskDaemonForkOutlivingItIsKilled(t *testing.T) {
 	t.Parallel()
 	app := newApp(t)
 	app.writeExecutable("forker", `#!/bin/sh
-(sleep 1000 & echo $! > daemon.pid) &
+sleep 1000 &
+echo $! > daemon.pid
 exit 0
 `)
 	id := app.insert(bson.D{{Key: "task", Value: "forker"}})

@@ -15,10 +15,12 @@ type commandFlags struct {
 	settings map[string]*string
 }
 
-func newCommandFlags(name string) *commandFlags {
+// newCommandFlags registers every setting as a flag except those in own, which the command
+// defines itself with another meaning (enqueue's --timeout is the task's, not the default).
+func newCommandFlags(name string, own ...string) *commandFlags {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	return &commandFlags{FlagSet: fs, settings: config.RegisterFlags(fs)}
+	return &commandFlags{FlagSet: fs, settings: config.RegisterFlags(fs, own...)}
 }
 
 // parse reads flags placed before or after positional arguments and returns the positional
