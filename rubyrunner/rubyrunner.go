@@ -30,7 +30,14 @@ import (
 const DefaultBootFile = "config/bolt.rb"
 
 //go:embed runner.rb
-var runnerScript string
+var runnerLibrary string
+
+// runnerScript runs one task in a fresh interpreter: the library and the line that runs it.
+var runnerScript = runnerLibrary + "\nexit(BoltTaskRunner.main(ARGV))\n"
+
+// LibrarySource returns the Ruby source of module BoltTaskRunner without the line that
+// runs it, for programs that call its boot and run_task steps themselves.
+func LibrarySource() string { return runnerLibrary }
 
 // Options configures how Ruby tasks of one application are run.
 type Options struct {
@@ -60,32 +67,69 @@ func Command(opts Options, task taskpath.Task) (path string, args []string, err 
 			task.Name)
 	}
 
-	rubyPath, err := findRuby(opts.RubyPath)
-	if err != nil {
-		return "", nil, err
-	}
-
-	appDir, err := filepath.Abs(opts.AppDir)
-	if err != nil {
-		return "", nil, fmt.Errorf("making application folder %q absolute: %w", opts.AppDir, err)
-	}
-
-	loadDirs, err := taskpath.LoadDirs(appDir, opts.LoadPath)
-	if err != nil {
-		return "", nil, err
-	}
-
-	bootFile, err := findBootFile(appDir, opts.BootFile)
+	paths, err := ResolvePaths(opts)
 	if err != nil {
 		return "", nil, err
 	}
 
 	// "--" ends Ruby's own options, so that a folder name that starts with "-" reaches
 	// the script unchanged.
-	args = []string{"-e", runnerScript, "--", appDir, task.Path, task.Constant, bootFile}
-	args = append(args, loadDirs...)
+	args = []string{"-e", runnerScript, "--", paths.AppDir, task.Path, task.Constant, paths.BootFile}
+	args = append(args, paths.LoadDirs...)
 
-	return rubyPath, args, nil
+	return paths.Ruby, args, nil
+}
+
+// Paths are the absolute paths that running Ruby tasks of one application needs.
+type Paths struct {
+	// Ruby is the interpreter.
+	Ruby string
+	// AppDir is the application folder.
+	AppDir string
+	// BootFile is the boot file, or empty when it does not exist.
+	BootFile string
+	// LoadDirs are the load-path folders in order.
+	LoadDirs []string
+}
+
+// ResolvePaths checks opts and returns its paths made absolute. It looks up the
+// interpreter and checks whether the boot file exists at the time of the call.
+func ResolvePaths(opts Options) (Paths, error) {
+	rubyPath, err := findRuby(opts.RubyPath)
+	if err != nil {
+		return Paths{}, err
+	}
+
+	appDir, err := filepath.Abs(opts.AppDir)
+	if err != nil {
+		return Paths{}, fmt.Errorf("making application folder %q absolute: %w", opts.AppDir, err)
+	}
+
+	loadDirs, err := taskpath.LoadDirs(appDir, opts.LoadPath)
+	if err != nil {
+		return Paths{}, err
+	}
+
+	bootFile, err := findBootFile(appDir, opts.BootFile)
+	if err != nil {
+		return Paths{}, err
+	}
+
+	return Paths{Ruby: rubyPath, AppDir: appDir, BootFile: bootFile, LoadDirs: loadDirs}, nil
+}
+
+// BootFilePath returns the absolute path of the boot file bootFile (Options.BootFile)
+// of the application in appDir, whether or not it exists, so that a watcher can notice
+// when it appears.
+func BootFilePath(appDir, bootFile string) string {
+	if bootFile == "" {
+		bootFile = DefaultBootFile
+	}
+	if filepath.IsAbs(bootFile) {
+		return bootFile
+	}
+
+	return filepath.Join(appDir, bootFile)
 }
 
 // findRuby returns the absolute path of the Ruby interpreter.
@@ -110,12 +154,7 @@ func findRuby(rubyPath string) (string, error) {
 
 // findBootFile returns the absolute boot file, or "" when it does not exist.
 func findBootFile(appDir, bootFile string) (string, error) {
-	if bootFile == "" {
-		bootFile = DefaultBootFile
-	}
-	if !filepath.IsAbs(bootFile) {
-		bootFile = filepath.Join(appDir, bootFile)
-	}
+	bootFile = BootFilePath(appDir, bootFile)
 
 	info, err := os.Stat(bootFile)
 	switch {

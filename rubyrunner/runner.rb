@@ -4,6 +4,10 @@
 #
 #   ruby -e SCRIPT -- APP_DIR TASK_FILE CONSTANT BOOT_FILE [LOAD_DIR...]
 #
+# where SCRIPT is this file followed by the line "exit(BoltTaskRunner.main(ARGV))". The
+# Ruby preloader (package rubypreload) embeds this file without that line and calls the
+# steps itself.
+#
 # where BOOT_FILE may be empty and the LOAD_DIRs are absolute folders in load-path order.
 # The task document arrives on stdin as relaxed MongoDB Extended JSON. The outcome is
 # written as a JSON object to the file named by BOLT_RESULT_FILE:
@@ -306,6 +310,12 @@ module BoltTaskRunner
         outcome(e, {}, task_ran: false)
       end
 
+    finish(result, signal)
+  end
+
+  # Writes the result file and returns the exit status. A signal that stopped the task is
+  # raised again instead, so that the process ends by that signal.
+  def finish(result, signal)
     write_result(ENV["BOLT_RESULT_FILE"], result)
     raise signal if signal
     return 0 if result["success"]
@@ -314,5 +324,3 @@ module BoltTaskRunner
     1
   end
 end
-
-exit(BoltTaskRunner.main(ARGV))
