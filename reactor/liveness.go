@@ -45,14 +45,25 @@ func (l *Liveness) Register(ctx context.Context) error {
 	})
 }
 
-// Run beats and checks other daemons until ctx is done. It recovers once right away, so
-// tasks left by a daemon that died on this host run again at start.
+// RecoverNow releases the tasks of daemons known to be dead, such as one on this host
+// whose process is gone. The daemon calls it once before its first claim, so the tasks of
+// a daemon killed with kill -9 run again as soon as it is restarted.
+func (l *Liveness) RecoverNow(ctx context.Context) {
+	if l.seen == nil {
+		l.seen = map[string]observation{}
+	}
+	l.recover(ctx, l.Logger.With().Str("component", "liveness").Logger())
+}
+
+// Run beats and checks other daemons until ctx is done.
 func (l *Liveness) Run(ctx context.Context) {
 	log := l.Logger.With().Str("component", "liveness").Logger()
-	l.seen = map[string]observation{}
+	if l.seen == nil {
+		l.seen = map[string]observation{}
+	}
 	beatEvery := l.Lease / 6
 	checkEvery := l.Lease / 3
-	nextCheck := time.Now()
+	nextCheck := time.Now().Add(jitter(checkEvery))
 
 	for {
 		if !time.Now().Before(nextCheck) {

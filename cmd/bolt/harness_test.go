@@ -53,7 +53,7 @@ func newApp(t *testing.T) *testApp {
 	dir := t.TempDir()
 	app := &testApp{t: t, dir: dir}
 	app.uri = startDB(t, filepath.Join(dir, "db"))
-	app.writeFile("bolt.conf", fmt.Sprintf("mongo_uri = %s\nkill_grace = 1\ndefault_email = dev@example.com\n", app.uri))
+	app.writeFile("bolt.conf", fmt.Sprintf("mongo_uri = %s\nkill_grace = 1\nlog_level = debug\ndefault_email = dev@example.com\n", app.uri))
 
 	client, err := mongo.Connect(options.Client().ApplyURI(app.uri))
 	require.NoError(t, err)

@@ -296,6 +296,11 @@ rm "running/$BOLT_TASK_ID"
 func mailFor(t *testing.T, app *testApp, id bson.ObjectID) string {
 	t.Helper()
 	var found string
+	defer func() {
+		if found == "" {
+			t.Logf("daemon log:\n%s", app.log())
+		}
+	}()
 	waitFor(t, 30*time.Second, "the mail about task "+id.Hex(), func() bool {
 		entries, _ := os.ReadDir(filepath.Join(app.dir, "tmp", "mail"))
 		for _, e := range entries {
