@@ -10,18 +10,21 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 )
 
-// benchmarkTargets runs a benchmark against FerretDB directly and through
-// the gate, on the same FerretDB instance.
+// benchmarkTargets runs a benchmark against the gate and against FerretDB
+// directly, both on a loopback TCP port as a standalone FerretDB would
+// listen and on the Unix socket the gate uses.
 func benchmarkTargets(b *testing.B, run func(b *testing.B, collection *mongo.Collection)) {
 	for _, target := range []struct {
-		name string
-		uri  func(*Server) string
+		name        string
+		upstreamTCP bool
+		uri         func(*Server) string
 	}{
-		{"direct", directURI},
-		{"gate", (*Server).URI},
+		{"direct_tcp", true, directURI},
+		{"direct_unix", false, directURI},
+		{"gate", false, (*Server).URI},
 	} {
 		b.Run(target.name, func(b *testing.B) {
-			server := startStore(b)
+			server := startStore(b, func(opts *Options) { opts.upstreamTCP = target.upstreamTCP })
 			collection := connect(b, target.uri(server)).Database("bolt_bench").Collection("task_queue")
 			run(b, collection)
 		})

@@ -455,3 +455,66 @@ func requireServerError(t *testing.T, err error, code int32) {
 	require.True(t, errors.As(err, &serverErr), "want a server error, got %T: %v", err, err)
 	assert.True(t, serverErr.HasErrorCode(int(code)), "want code %d, got %v", code, err)
 }
+
+func TestWatchBulkWriteStatements(t *testing.T) {
+	t.Parallel()
+
+	server := startStore(t)
+	ctx := testContext(t, time.Minute)
+	tasks := connect(t, server.URI()).Database("bolt_test").Collection("tasks")
+	_, err := tasks.InsertMany(ctx, []any{
+		bson.D{{Key: "_id", Value: "a"}, {Key: "state", Value: "new"}},
+		bson.D{{Key: "_id", Value: "b"}, {Key: "state", Value: "new"}},
+	})
+	require.NoError(t, err)
+
+	stream := watch(t, ctx, tasks, nil)
+
+	// Both statements of each command have the same filter, so each one
+	// changes a different document only if they run one after the other.
+	claim := mongo.NewUpdateOneModel().
+		SetFilter(bson.D{{Key: "state", Value: "new"}}).
+		SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "state", Value: "done"}}}})
+	result, err := tasks.BulkWrite(ctx, []mongo.WriteModel{claim, claim})
+	require.NoError(t, err)
+	require.Equal(t, int64(2), result.ModifiedCount)
+
+	remove := mongo.NewDeleteOneModel().SetFilter(bson.D{{Key: "state", Value: "done"}})
+	result, err = tasks.BulkWrite(ctx, []mongo.WriteModel{remove, remove})
+	require.NoError(t, err)
+	require.Equal(t, int64(2), result.DeletedCount)
+
+	for _, want := range []struct{ operation, id string }{
+		{"update", "a"}, {"update", "b"}, {"delete", "a"}, {"delete", "b"},
+	} {
+		event := nextEvent(t, ctx, stream)
+		assert.Equal(t, want.operation, event.OperationType)
+		assert.Equal(t, want.id, event.DocumentKey["_id"])
+	}
+	requireNoEvent(t, ctx, stream)
+}
+
+func TestWatchStartAtOperationTime(t *testing.T) {
+	t.Parallel()
+
+	server := startStore(t)
+	ctx := testContext(t, time.Minute)
+	tasks := connect(t, server.URI()).Database("bolt_test").Collection("tasks")
+
+	stream := watch(t, ctx, tasks, nil)
+	for _, id := range []string{"a", "b", "c"} {
+		_, err := tasks.InsertOne(ctx, bson.D{{Key: "_id", Value: id}})
+		require.NoError(t, err)
+	}
+	nextEvent(t, ctx, stream)
+	second := nextEvent(t, ctx, stream)
+
+	fromSecond := watch(t, ctx, tasks, nil, options.ChangeStream().SetStartAtOperationTime(&second.ClusterTime))
+	assert.Equal(t, "b", nextEvent(t, ctx, fromSecond).DocumentKey["_id"])
+	assert.Equal(t, "c", nextEvent(t, ctx, fromSecond).DocumentKey["_id"])
+	requireNoEvent(t, ctx, fromSecond)
+
+	// A time before the collection was first watched may have missed writes.
+	_, err := tasks.Watch(ctx, mongo.Pipeline{}, options.ChangeStream().SetStartAtOperationTime(&bson.Timestamp{T: 1, I: 1}))
+	requireServerError(t, err, codeChangeStreamHistoryLost)
+}

@@ -3,11 +3,12 @@
 // gate.
 //
 // FerretDB listens only on a private Unix socket. Clients connect to the
-// gate, which relays each message over a per-client upstream connection and
-// adds what Bolt needs from MongoDB and FerretDB lacks: write commands run
-// one at a time, which makes single-document writes atomic; change streams
-// on collections are served from an in-memory event log; NaN, Infinity
-// and Decimal128 values get a write error instead of a dropped connection.
+// gate, which relays each message over a per-client upstream connection.
+// The gate adds what Bolt needs from MongoDB and FerretDB lacks. Write
+// commands run one at a time, which makes single-document writes atomic.
+// Change streams on collections are served from an in-memory event log.
+// NaN, Infinity and Decimal128 values get a write error instead of a
+// dropped connection.
 package embeddedstore
 
 import (
@@ -29,7 +30,7 @@ import (
 // Options configures the embedded store.
 type Options struct {
 	// Listen is the TCP address for clients, for example "127.0.0.1:27018".
-	// A port of 0 picks a free port; an empty address means "127.0.0.1:0".
+	// A port of 0 picks a free port, and an empty address means "127.0.0.1:0".
 	Listen string
 
 	// DataDir is the folder for FerretDB's SQLite files, one per database.
@@ -46,6 +47,11 @@ type Options struct {
 	// RetainedEvents is the number of change events kept in memory for
 	// change streams to resume from; 0 means DefaultRetainedEvents.
 	RetainedEvents int
+
+	// upstreamTCP makes FerretDB listen on a loopback port instead of a
+	// Unix socket, as it does when the socket path would be too long.
+	// Tests and benchmarks set it.
+	upstreamTCP bool
 }
 
 // Server is a running embedded store: FerretDB and the gate in front of it.
@@ -103,7 +109,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		conns:   make(map[*gateConn]struct{}),
 	}
 
-	if err := s.startFerret(opts.DataDir); err != nil {
+	if err := s.startFerret(opts.DataDir, opts.upstreamTCP); err != nil {
 		return nil, err
 	}
 
@@ -133,7 +139,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 }
 
 const allowRemoteHint = "the embedded store has no authentication, so it listens on 127.0.0.1 or ::1 " +
-	"unless remote clients are allowed explicitly (Options.AllowRemote)"
+	"unless remote clients are allowed explicitly (Options.AllowRemote, or bolt db --allow-remote)"
 
 // checkListenAddress rejects a host that is not loopback unless allowRemote.
 func checkListenAddress(address string, allowRemote bool) error {
@@ -153,7 +159,7 @@ func checkListenAddress(address string, allowRemote bool) error {
 // startFerret starts FerretDB on a Unix socket in a new private folder. It
 // falls back to a loopback port when the temporary folder's path is too
 // long for a socket.
-func (s *Server) startFerret(dataDir string) error {
+func (s *Server) startFerret(dataDir string, useTCP bool) error {
 	dataDir, err := filepath.Abs(dataDir)
 	if err != nil {
 		return fmt.Errorf("starting embedded store: resolving data folder: %w", err)
@@ -169,7 +175,7 @@ func (s *Server) startFerret(dataDir string) error {
 
 	listener := ferretdb.ListenerConfig{}
 	socketPath := filepath.Join(s.socketDir, "ferretdb.sock")
-	if len(socketPath) <= maxUnixSocketPath {
+	if !useTCP && len(socketPath) <= maxUnixSocketPath {
 		listener.Unix = socketPath
 	} else {
 		listener.TCP = "127.0.0.1:0"

@@ -115,6 +115,24 @@ func TestCRUDThroughGate(t *testing.T) {
 	assert.True(t, mongo.IsDuplicateKeyError(err), "want a duplicate key error, got %v", err)
 }
 
+func TestUpstreamOverTCP(t *testing.T) {
+	t.Parallel()
+
+	server := startStore(t, func(opts *Options) { opts.upstreamTCP = true })
+	require.Equal(t, "tcp", server.upstreamNetwork)
+	ctx := testContext(t, time.Minute)
+	tasks := connect(t, server.URI()).Database("bolt_test").Collection("tasks")
+
+	stream := watch(t, ctx, tasks, nil)
+	_, err := tasks.InsertOne(ctx, bson.D{{Key: "_id", Value: "over tcp"}})
+	require.NoError(t, err)
+	assert.Equal(t, "over tcp", nextEvent(t, ctx, stream).DocumentKey["_id"])
+
+	count, err := tasks.CountDocuments(ctx, bson.D{})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), count)
+}
+
 func TestUnacknowledgedWriteIsApplied(t *testing.T) {
 	t.Parallel()
 

@@ -2,6 +2,7 @@ package embeddedstore
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -179,4 +180,42 @@ func TestQueryWithNaNKeepsConnection(t *testing.T) {
 	count, err := tasks.CountDocuments(ctx, bson.D{})
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), count)
+}
+
+func TestBulkUpdateKeepsAcceptableStatements(t *testing.T) {
+	t.Parallel()
+
+	server := startStore(t)
+	ctx := testContext(t, time.Minute)
+	db := connect(t, server.URI()).Database("bolt_test")
+
+	setScore := func(id int, score any) mongo.WriteModel {
+		return mongo.NewUpdateOneModel().
+			SetFilter(bson.D{{Key: "_id", Value: id}}).
+			SetUpdate(bson.D{{Key: "$set", Value: bson.D{{Key: "score", Value: score}}}})
+	}
+	models := []mongo.WriteModel{setScore(1, 1.0), setScore(2, math.NaN()), setScore(3, 3.0)}
+
+	for _, ordered := range []bool{true, false} {
+		collection := db.Collection(fmt.Sprintf("ordered_%t", ordered))
+		_, err := collection.InsertMany(ctx, []any{bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "_id", Value: 2}}, bson.D{{Key: "_id", Value: 3}}})
+		require.NoError(t, err)
+
+		result, err := collection.BulkWrite(ctx, models, options.BulkWrite().SetOrdered(ordered))
+		var bulkErr mongo.BulkWriteException
+		require.True(t, errors.As(err, &bulkErr), "want a bulk write error, got %v", err)
+		require.Len(t, bulkErr.WriteErrors, 1)
+		assert.Equal(t, 1, bulkErr.WriteErrors[0].Index)
+		assert.Contains(t, bulkErr.WriteErrors[0].Message, `"$set.score"`)
+
+		wantModified := int64(2)
+		if ordered {
+			wantModified = 1
+		}
+		assert.Equal(t, wantModified, result.ModifiedCount, "ordered=%t", ordered)
+
+		count, err := collection.CountDocuments(ctx, bson.D{{Key: "score", Value: bson.D{{Key: "$exists", Value: true}}}})
+		require.NoError(t, err)
+		assert.Equal(t, wantModified, count, "ordered=%t", ordered)
+	}
 }
