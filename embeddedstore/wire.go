@@ -221,7 +221,7 @@ func encodeOpMsg(requestID, responseTo int32, flags uint32, body bsoncore.Docume
 }
 
 // withoutMoreToCome returns a copy of an OP_MSG that requests a reply. The
-// gate uses it for unacknowledged writes, so that it knows when the write
+// gate uses it for unacknowledged writes, so that it learns when the write
 // ended and can release the write lock. A checksum is dropped because the
 // flags it covers change.
 func withoutMoreToCome(m message) []byte {
