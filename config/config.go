@@ -31,6 +31,7 @@ type Config struct {
 	LoadPath     []string
 	BootFile     string
 	Ruby         string
+	RubyPreload  bool
 	Throttle     int
 	Timeout      time.Duration
 	MaxTimeout   time.Duration
@@ -102,6 +103,15 @@ var Settings = []*Setting{
 		apply: func(c *Config, v string) error { c.BootFile = v; return nil }},
 	{Name: "ruby", Default: "ruby", Help: "Ruby interpreter used for Ruby tasks",
 		apply: func(c *Config, v string) error { c.Ruby = v; return nil }},
+	{Name: "ruby_preload", Default: "true", Help: "true: fork Ruby tasks from one Ruby process that loaded Bundler and the boot file once; false: start a fresh Ruby per task (for boot code that is not fork-safe)",
+		apply: func(c *Config, v string) error {
+			preload, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("want true or false")
+			}
+			c.RubyPreload = preload
+			return nil
+		}},
 	{Name: "throttle", Default: "5", Help: "maximum number of tasks running at once",
 		apply: intSetting(1, 10000, func(c *Config, n int) { c.Throttle = n })},
 	{Name: "timeout", Default: "300", Help: "seconds a task may run when its document has no timeout",
@@ -315,6 +325,8 @@ func (c *Config) value(name string) string {
 		return c.BootFile
 	case "ruby":
 		return c.Ruby
+	case "ruby_preload":
+		return strconv.FormatBool(c.RubyPreload)
 	case "throttle":
 		return strconv.Itoa(c.Throttle)
 	case "timeout":

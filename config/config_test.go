@@ -55,3 +55,20 @@ func TestDescribeMasksPasswords(t *testing.T) {
 		require.NotContains(t, line, "hunter2")
 	}
 }
+
+func TestRubyPreloadSetting(t *testing.T) {
+	dir := t.TempDir()
+
+	cfg, err := Load(map[string]string{"app": dir}, env(nil))
+	require.NoError(t, err)
+	require.True(t, cfg.RubyPreload, "preloading is on by default")
+	require.Contains(t, cfg.Describe(), "ruby_preload = true  # default")
+
+	cfg, err = Load(map[string]string{"app": dir}, env(map[string]string{"BOLT_RUBY_PRELOAD": "false"}))
+	require.NoError(t, err)
+	require.False(t, cfg.RubyPreload)
+
+	_, err = Load(map[string]string{"app": dir, "ruby_preload": "sometimes"}, env(nil))
+	require.ErrorContains(t, err, `ruby_preload = "sometimes"`)
+	require.ErrorContains(t, err, "want true or false")
+}

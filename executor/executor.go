@@ -18,6 +18,7 @@ import (
 	"github.com/bolt-runner/bolt/notify"
 	"github.com/bolt-runner/bolt/store"
 	"github.com/bolt-runner/bolt/taskdoc"
+	"github.com/bolt-runner/bolt/taskpath"
 )
 
 // Config holds what the executor needs from Bolt's settings.
@@ -41,6 +42,17 @@ type Config struct {
 	// Guard kills the tasks' process groups if Bolt dies; nil leaves that to the
 	// parent-death signal, which reaches only each task's leader.
 	Guard *childproc.Guard
+
+	// RubyRunner runs Ruby tasks when set, such as a rubypreload.Preloader that forks
+	// them from a preloaded Ruby process. Nil starts a fresh Ruby per task.
+	RubyRunner RubyRunner
+}
+
+// RubyRunner runs a resolved Ruby task with spec's environment, input and limits,
+// ignoring spec.Path and spec.Args, and returns the outcome as childproc.Run does,
+// including the runner's result file.
+type RubyRunner interface {
+	RunRuby(ctx context.Context, task taskpath.Task, spec childproc.Spec) childproc.Result
 }
 
 // Notifier queues the mail about a task's outcome. Enqueue must not wait on a mail server.

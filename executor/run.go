@@ -52,7 +52,12 @@ func (e *Executor) run(ctx context.Context, doc bson.Raw, log zerolog.Logger) re
 	if err != nil {
 		return e.reject(out, err)
 	}
-	res := childproc.Run(ctx, spec)
+	var res childproc.Result
+	if task.Kind == taskpath.Ruby && e.cfg.RubyRunner != nil {
+		res = e.cfg.RubyRunner.RunRuby(ctx, task, spec)
+	} else {
+		res = childproc.Run(ctx, spec)
+	}
 	out.PID = res.PID
 	out.Started = res.Started
 	out.Duration = res.Duration
@@ -91,6 +96,9 @@ func (e *Executor) spec(doc bson.Raw, task taskpath.Task, timeout time.Duration)
 		spec.Stdin, err = bson.MarshalExtJSON(doc, false, false)
 		if err != nil {
 			return spec, fmt.Errorf("encoding the document as JSON: %w", err)
+		}
+		if e.cfg.RubyRunner != nil {
+			return spec, nil
 		}
 		spec.Path, spec.Args, err = rubyrunner.Command(rubyrunner.Options{
 			RubyPath: e.cfg.Ruby, AppDir: e.cfg.AppDir, LoadPath: e.cfg.LoadPath, BootFile: e.cfg.BootFile,

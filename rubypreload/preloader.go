@@ -96,6 +96,7 @@ type Preloader struct {
 	processes map[*process]struct{} // every preloader not yet reaped
 	active    map[*process]int      // tasks using each preloader
 	retired   map[*process]bool     // preloaders that serve no new tasks
+	crashed   map[*process]bool     // preloaders that died without being stopped
 	failed    *bootFailure          // the last boot error, until the watched files change
 	env       []string              // environment for new preloaders; nil until the first task
 	policy    *backoff.ExponentialBackOff
@@ -141,6 +142,7 @@ func New(opts Options) (*Preloader, error) {
 		processes: map[*process]struct{}{},
 		active:    map[*process]int{},
 		retired:   map[*process]bool{},
+		crashed:   map[*process]bool{},
 		policy:    policy,
 	}
 
@@ -377,6 +379,7 @@ func (p *Preloader) spawn(stamp stamp) (*process, error) {
 		guard:  p.opts.Guard,
 		log:    p.log,
 		onBoot: p.booted,
+		onDied: p.died,
 		onExit: p.exited,
 	})
 	if err != nil {
@@ -413,31 +416,43 @@ func (p *Preloader) booted(proc *process) {
 	}
 }
 
-// exited forgets a reaped preloader and, when it died unexpectedly, schedules its
-// restart with backoff.
-func (p *Preloader) exited(proc *process) {
+// died takes a preloader that died unexpectedly out of service at once, and schedules
+// its replacement with backoff, so that a preloader that keeps dying is not restarted
+// in a tight loop.
+func (p *Preloader) died(proc *process) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 
-	delete(p.processes, proc)
-	delete(p.retired, proc)
-	delete(p.active, proc)
-
-	if proc.stoppedByBolt() || proc.bootErr != nil || p.closed {
-		p.log.Debug().Int("pid", proc.cmd.Process.Pid).Msg("rubypreload: preloader stopped")
+	if p.current != proc || proc.stoppedByBolt() || proc.bootErr != nil || p.closed {
 		return
 	}
-	if p.current == proc {
-		p.current = nil
-	}
+	p.current = nil
+	p.crashed[proc] = true
 	if time.Since(proc.started) > stableUptime {
 		p.policy.Reset()
 	}
 	delay := p.policy.NextBackOff()
 	p.restartAt = time.Now().Add(delay)
-	p.log.Warn().Int("pid", proc.cmd.Process.Pid).Str("reason", proc.deathReason()).Str("restart_in", delay.String()).
-		Msg("rubypreload: preloader died; starting a new one")
 	time.AfterFunc(delay, p.refresh)
+}
+
+// exited forgets a reaped preloader and logs how it ended.
+func (p *Preloader) exited(proc *process) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	pid := proc.cmd.Process.Pid
+	if p.crashed[proc] {
+		p.log.Warn().Int("pid", pid).Str("reason", proc.deathReason()).Str("restart_in", max(time.Until(p.restartAt), 0).Round(time.Millisecond).String()).
+			Msg("rubypreload: preloader died; starting a new one")
+	} else {
+		p.log.Debug().Int("pid", pid).Msg("rubypreload: preloader stopped")
+	}
+
+	delete(p.processes, proc)
+	delete(p.retired, proc)
+	delete(p.active, proc)
+	delete(p.crashed, proc)
 }
 
 // refresh starts a new preloader when the current one is missing or out of date,

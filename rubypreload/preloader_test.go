@@ -588,14 +588,19 @@ end
 	require.Equal(t, filepath.Join(a.dir, "Gemfile"), out.Fields["gemfile"], "the environment set at boot reaches the task")
 	require.Empty(t, result.Stdout)
 
+	// Bundler wrote Gemfile.lock while booting, which replaces the preloader once more,
+	// at the latest before the next task.
 	lock := filepath.Join(a.dir, "Gemfile.lock")
 	data, err := os.ReadFile(lock)
 	require.NoError(t, err, "Bundler writes Gemfile.lock at setup")
-	require.NoError(t, os.WriteFile(lock, append(data, '\n'), 0o644))
-
 	_, out = a.run("greet", `{}`)
 	require.True(t, out.Success, "ex: %s", out.Ex)
-	require.Len(t, strings.Fields(a.read("boots.log")), 2)
+	boots := len(strings.Fields(a.read("boots.log")))
+
+	require.NoError(t, os.WriteFile(lock, append(data, '\n'), 0o644))
+	_, out = a.run("greet", `{}`)
+	require.True(t, out.Success, "ex: %s", out.Ex)
+	require.Len(t, strings.Fields(a.read("boots.log")), boots+1)
 }
 
 func TestCloseKillsRunningTask(t *testing.T) {

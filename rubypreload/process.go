@@ -78,9 +78,10 @@ type process struct {
 	died   chan struct{}
 	exited chan struct{}
 
-	// onBoot is called once booting ended, before ready is closed; onExit once the
-	// process has been reaped.
+	// onBoot is called once booting ended, before ready is closed; onDied when the
+	// socket has closed, before died is closed; onExit once the process has been reaped.
 	onBoot func(*process)
+	onDied func(*process)
 	onExit func(*process)
 
 	writeMu sync.Mutex
@@ -102,6 +103,7 @@ type processConfig struct {
 	guard  *childproc.Guard
 	log    zerolog.Logger
 	onBoot func(*process)
+	onDied func(*process)
 	onExit func(*process)
 }
 
@@ -133,6 +135,7 @@ func startProcess(cfg processConfig) (*process, error) {
 		died:     make(chan struct{}),
 		exited:   make(chan struct{}),
 		onBoot:   cfg.onBoot,
+		onDied:   cfg.onDied,
 		onExit:   cfg.onExit,
 		pending:  map[int64]*pendingTask{},
 	}
@@ -339,6 +342,9 @@ func (p *process) endBoot() {
 func (p *process) endReplies() {
 	_ = p.conn.Close()
 	p.endBoot()
+	if p.onDied != nil {
+		p.onDied(p)
+	}
 	close(p.died)
 }
 
