@@ -3,6 +3,9 @@ package embeddedstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -221,4 +224,40 @@ func (b *lockedBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func TestMalformedMessageClosesOneConnection(t *testing.T) {
+	t.Parallel()
+
+	server := startStore(t)
+	ctx := testContext(t, time.Minute)
+
+	for name, payload := range map[string][]byte{
+		"length too small": {5, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xdd, 7, 0, 0},
+		"unknown section":  encodeTestMessage(0, 9),
+		"truncated body":   encodeTestMessage(0, sectionBody, 0xff, 0, 0, 0),
+	} {
+		conn, err := net.Dial("tcp", server.Addr())
+		require.NoError(t, err, name)
+		_, err = conn.Write(payload)
+		require.NoError(t, err, name)
+
+		require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+		_, err = conn.Read(make([]byte, 1))
+		assert.ErrorIs(t, err, io.EOF, "%s: the gate must close the connection", name)
+		conn.Close()
+	}
+
+	_, err := connect(t, server.URI()).Database("bolt_test").Collection("tasks").InsertOne(ctx, bson.D{{Key: "after", Value: "garbage"}})
+	require.NoError(t, err, "other clients must be unaffected")
+}
+
+// encodeTestMessage builds an OP_MSG with the given flags and raw sections.
+func encodeTestMessage(flags uint32, sections ...byte) []byte {
+	raw := binary.LittleEndian.AppendUint32(nil, uint32(headerLength+4+len(sections)))
+	raw = binary.LittleEndian.AppendUint32(raw, 1)
+	raw = binary.LittleEndian.AppendUint32(raw, 0)
+	raw = binary.LittleEndian.AppendUint32(raw, opCodeMsg)
+	raw = binary.LittleEndian.AppendUint32(raw, flags)
+	return append(raw, sections...)
 }
