@@ -14,10 +14,10 @@
 // as childproc caps it. The child leads its own process group, and Bolt enforces the
 // timeout by signalling that group, as childproc does.
 //
-// A task's processes do not outlive Bolt: the preloader gets SIGKILL when Bolt dies
-// (PR_SET_PDEATHSIG), each child sets the same for the preloader's death (fork clears
-// it), and the guard (childproc.Guard) kills the registered group of every running
-// child and of the preloader when Bolt dies.
+// A task's processes do not outlive Bolt. The preloader gets SIGKILL when Bolt dies
+// (PR_SET_PDEATHSIG), and each child sets the same for the preloader's death, because
+// fork clears it. The guard (childproc.Guard) also kills the registered group of every
+// running child and of the preloader when Bolt dies.
 //
 // The preloader starts with the first Ruby task. It is replaced when the boot file, the
 // Gemfile or Gemfile.lock changes (an fsnotify watch, and a check of the files before
@@ -58,8 +58,8 @@ var errClosed = errors.New("the Ruby preloader is closed because Bolt is stoppin
 type Options struct {
 	// Ruby names the interpreter, the application folder, the load path and the boot file.
 	Ruby rubyrunner.Options
-	// Guard, when set, is told about the process groups of the preloader and of every
-	// task, so that they are killed when Bolt dies.
+	// Guard, when set, receives the process groups of the preloader and of every task,
+	// so that they are killed when Bolt dies.
 	Guard *childproc.Guard
 	// Logger receives the preloader's lifecycle and its own output.
 	Logger zerolog.Logger
@@ -396,7 +396,7 @@ func (p *Preloader) spawn(stamp stamp) (*process, error) {
 }
 
 // booted records how booting ended. It runs on proc's reader before proc.ready closes,
-// so a boot error is recorded before any task sees it.
+// so a boot error is recorded before any task reads it.
 func (p *Preloader) booted(proc *process) {
 	pid := proc.cmd.Process.Pid
 	switch {
@@ -436,7 +436,7 @@ func (p *Preloader) died(proc *process) {
 	time.AfterFunc(delay, p.refresh)
 }
 
-// exited forgets a reaped preloader and logs how it ended.
+// exited removes a reaped preloader from the bookkeeping and logs how it ended.
 func (p *Preloader) exited(proc *process) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

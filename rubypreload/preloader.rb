@@ -12,7 +12,7 @@
 #   {"event": "ready", "pid": 123}
 #   {"event": "boot_failed", "ex": "Class: message", "backtrace": [...]}
 #
-# after booting. Then Bolt sends requests, and the preloader answers:
+# after booting. Then Bolt sends requests, and the preloader replies:
 #
 #   run:  {"op": "run", "id": 7, "task": "name", "task_file": "/abs.rb", "constant": "Bolt::Tasks::X",
 #          "env": {"NAME": "value"}, "unset_env": ["NAME"]}
@@ -49,7 +49,7 @@ module BoltPreloader
   # Signals whose handlers the preloader changes; a child restores them first.
   TRAPPED_SIGNALS = %w[CHLD INT].freeze
 
-  # Longest boot failure message and backtrace that the preloader reports.
+  # Maximum size of the boot failure message and backtrace that the preloader reports.
   MAX_EX_BYTES = 16 << 10
   MAX_FRAMES = 200
 
@@ -158,8 +158,8 @@ module BoltPreloader
         ios.each(&:close)
       end
 
-      # The child calls setpgid itself as well; whichever runs first makes the group exist
-      # before Bolt hears of the pid, so that Bolt can always signal the group.
+      # The child calls setpgid itself as well. Whichever call runs first, the group exists
+      # before Bolt receives the pid, so Bolt can always signal the group.
       begin
         Process.setpgid(pid, pid)
       rescue SystemCallError
@@ -169,7 +169,7 @@ module BoltPreloader
       BoltPreloader.send_message(@control, "event" => "started", "id" => id, "pid" => pid)
     end
 
-    # Reports each child that has exited, leaving it unreaped (WNOWAIT) until Bolt asks.
+    # Reports each child that has exited, leaving it unreaped (WNOWAIT) until Bolt sends reap.
     def report_exits
       @running.keys.each do |pid|
         @siginfo[0, SIGINFO_SIZE] = "\0" * SIGINFO_SIZE
@@ -233,6 +233,10 @@ module BoltPreloader
         rescue Exception => e
           BoltTaskRunner.outcome(e, {}, task_ran: false)
         end
+      # exit rather than exit! runs at_exit handlers and finalizers (Tempfile's, for
+      # example) and flushes files the task left open, as in a fresh Ruby. That teardown
+      # walks the whole heap, which costs a few milliseconds per task and more for
+      # applications with a large heap.
       exit(BoltTaskRunner.finish(result, signal))
     end
   end

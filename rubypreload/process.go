@@ -62,8 +62,8 @@ type process struct {
 	bootFile string
 	started  time.Time
 
-	// stamp identifies the versions of the watched files the preloader loaded, and env
-	// is the environment it started with; tasks send only their differences from it.
+	// stamp identifies the versions of the watched files that the preloader loaded.
+	// env is the environment it started with, and tasks send only their differences.
 	stamp stamp
 	env   map[string]string
 
@@ -73,13 +73,14 @@ type process struct {
 	pid     int
 	bootErr *BootError
 
-	// died is closed when the socket to the preloader has closed, so no more replies
-	// come; exited is closed when the process has been reaped as well.
+	// died is closed when the socket to the preloader has closed, after which no more
+	// replies come. exited is closed when the process has been reaped as well.
 	died   chan struct{}
 	exited chan struct{}
 
-	// onBoot is called once booting ended, before ready is closed; onDied when the
-	// socket has closed, before died is closed; onExit once the process has been reaped.
+	// onBoot is called when booting has ended, before ready is closed. onDied is called
+	// when the socket has closed, before died is closed. onExit is called once the
+	// process has been reaped.
 	onBoot func(*process)
 	onDied func(*process)
 	onExit func(*process)
@@ -95,7 +96,7 @@ type process struct {
 	stopping bool // set by stop, under mu
 }
 
-// processConfig is what startProcess needs.
+// processConfig contains the settings of startProcess.
 type processConfig struct {
 	paths  rubyrunner.Paths
 	env    []string
@@ -315,11 +316,16 @@ func (p *process) dispatch(msg reply) {
 			p.log.Warn().Int64("request", msg.ID).Str("event", msg.Event).Msg("rubypreload: reply about an unknown task; ignored")
 			return
 		}
-		// Each channel has room for its one reply, so dispatch never blocks.
+		channel := task.started
 		if msg.Event == "exited" {
-			task.exited <- msg
-		} else {
-			task.started <- msg
+			channel = task.exited
+		}
+		// Each channel has room for one reply. A second one would be a preloader bug, and
+		// dropping it keeps the reader from blocking.
+		select {
+		case channel <- msg:
+		default:
+			p.log.Warn().Int64("request", msg.ID).Str("event", msg.Event).Msg("rubypreload: repeated reply about a task; ignored")
 		}
 	default:
 		p.log.Warn().Str("event", msg.Event).Msg("rubypreload: unknown message from the preloader; ignored")

@@ -26,7 +26,7 @@ const pipeDrainTimeout = 2 * time.Second
 // the preloader's own environment.
 var taskEnvNames = []string{"BOLT_TASK_ID", "BOLT_TASK", childproc.ResultFileEnv}
 
-// runRequest asks the preloader to fork a child for one task.
+// runRequest is the request to fork a child for one task.
 type runRequest struct {
 	Op       string            `json:"op"`
 	ID       int64             `json:"id"`
