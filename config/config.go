@@ -46,6 +46,16 @@ type Config struct {
 	MailFrom     string
 	DefaultEmail string
 
+	// Stopping and watching over the daemon.
+	StopGrace time.Duration
+	KillFiles []string
+	// HeartbeatDir is the heartbeat folder with a leading ~/ already replaced by $HOME.
+	HeartbeatDir  string
+	HeartbeatName string
+	HeartbeatWarn time.Duration
+	HeartbeatKill time.Duration
+	StartTimeout  time.Duration
+
 	// Sources records where each setting's value came from: "default", "file", "env" or "flag".
 	Sources map[string]string
 }
@@ -120,6 +130,8 @@ var Settings = []*Setting{
 		apply: secondsSetting(func(c *Config, d time.Duration) { c.MaxTimeout = d })},
 	{Name: "kill_grace", Default: "5", Help: "seconds between SIGTERM and SIGKILL when a task is stopped",
 		apply: secondsSetting(func(c *Config, d time.Duration) { c.KillGrace = d })},
+	{Name: "stop_grace", Default: "30", Help: "seconds running tasks may go on finishing after SIGTERM or SIGINT before they are stopped and released",
+		apply: secondsSetting(func(c *Config, d time.Duration) { c.StopGrace = d })},
 	{Name: "output_limit", Default: "65536", Help: "bytes of each task's stdout and stderr kept (the tail)",
 		apply: intSetting(1024, 64<<20, func(c *Config, n int) { c.OutputLimit = n })},
 	{Name: "log_file", Default: "log/flagella.log", Help: "log file",
@@ -133,6 +145,38 @@ var Settings = []*Setting{
 			}
 			return errors.New("allowed values are debug, info, warn, error")
 		}},
+	{Name: "kill_files", Default: "tmp/kill.flagella,tmp/kill.bolt", Help: "comma-separated files; creating or touching one after start stops Bolt (empty: none)",
+		apply: func(c *Config, v string) error {
+			c.KillFiles = nil
+			for _, f := range strings.Split(v, ",") {
+				if f = strings.TrimSpace(f); f != "" {
+					c.KillFiles = append(c.KillFiles, f)
+				}
+			}
+			return nil
+		}},
+	{Name: "heartbeat_dir", Default: "~/flagella/timestamps", Help: "folder of the heartbeat file, whose modification time Bolt updates while its loop runs",
+		apply: func(c *Config, v string) error {
+			if strings.TrimSpace(v) == "" {
+				return errors.New("give a folder")
+			}
+			c.HeartbeatDir = v
+			return nil
+		}},
+	{Name: "heartbeat_name", Default: "bolt", Help: "process name in the heartbeat file name <name>__<warn>__<kill>; give each application on a host its own",
+		apply: func(c *Config, v string) error {
+			if !validHeartbeatName(v) {
+				return errors.New("use letters, digits, '.', '-' and single '_' (no '__', no '/')")
+			}
+			c.HeartbeatName = v
+			return nil
+		}},
+	{Name: "heartbeat_warn", Default: "60", Help: "seconds without a heartbeat after which a monitor should warn (part of the file name)",
+		apply: wholeSecondsSetting(1, 86400, func(c *Config, d time.Duration) { c.HeartbeatWarn = d })},
+	{Name: "heartbeat_kill", Default: "300", Help: "seconds without a heartbeat after which bolt watchdog kills Bolt and starts a new one (part of the file name)",
+		apply: wholeSecondsSetting(minHeartbeatKill, 7*86400, func(c *Config, d time.Duration) { c.HeartbeatKill = d })},
+	{Name: "start_timeout", Default: "60", Help: "seconds bolt watchdog waits for a Bolt it started to register before it reports a failure",
+		apply: secondsSetting(func(c *Config, d time.Duration) { c.StartTimeout = d })},
 	{Name: "max_attempts", Default: "3", Help: "runs of a task interrupted by its daemon's death before it is failed",
 		apply: intSetting(1, 1000, func(c *Config, n int) { c.MaxAttempts = n })},
 	{Name: "lease", Default: "30", Help: "seconds without a liveness update after which a daemon counts as dead",
@@ -156,6 +200,36 @@ func intSetting(lo, hi int, set func(*Config, int)) func(*Config, string) error 
 		set(c, n)
 		return nil
 	}
+}
+
+// minHeartbeatKill is the smallest heartbeat_kill allowed. A healthy loop turns at least every
+// 2 seconds and touches the heartbeat at most once a second, so a healthy heartbeat can be about
+// 3 seconds old; 10 seconds leaves room for a slow store call.
+const minHeartbeatKill = 10
+
+func wholeSecondsSetting(lo, hi int, set func(*Config, time.Duration)) func(*Config, string) error {
+	return func(c *Config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("want a whole number of seconds from %d to %d", lo, hi)
+		}
+		set(c, time.Duration(n)*time.Second)
+		return nil
+	}
+}
+
+// validHeartbeatName reports whether name can be the first part of name__warn__kill.
+func validHeartbeatName(name string) bool {
+	if name == "" || strings.Contains(name, "__") {
+		return false
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '-' || r == '_'
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 func secondsSetting(set func(*Config, time.Duration)) func(*Config, string) error {
@@ -234,7 +308,45 @@ func Load(flags map[string]string, getenv func(string) string) (*Config, error) 
 	if c.Timeout > c.MaxTimeout {
 		return nil, fmt.Errorf("invalid setting timeout = %s: larger than max_timeout %s", c.Timeout, c.MaxTimeout)
 	}
+	home := getenv("HOME")
+	if home == "" {
+		// A getenv without HOME (as in tests) still expands ~/ the way the process would.
+		home, _ = os.UserHomeDir()
+	}
+	if err := c.checkHeartbeat(home); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// checkHeartbeat expands ~/ in heartbeat_dir and checks the heartbeat thresholds against
+// each other and against the stop time.
+func (c *Config) checkHeartbeat(home string) error {
+	if c.HeartbeatDir == "~" || strings.HasPrefix(c.HeartbeatDir, "~/") {
+		if home == "" {
+			return fmt.Errorf("invalid setting heartbeat_dir = %q: HOME is not set; set HOME or give an absolute folder", c.HeartbeatDir)
+		}
+		c.HeartbeatDir = filepath.Join(home, strings.TrimPrefix(c.HeartbeatDir, "~"))
+	}
+	if c.HeartbeatWarn >= c.HeartbeatKill {
+		return fmt.Errorf("invalid setting heartbeat_warn = %s: must be less than heartbeat_kill %s",
+			seconds(c.HeartbeatWarn), seconds(c.HeartbeatKill))
+	}
+	// The loop no longer touches the heartbeat while Bolt waits for running tasks to stop, so
+	// a stop must end before the watchdog would judge Bolt stuck.
+	if c.StopGrace+c.KillGrace >= c.HeartbeatKill {
+		return fmt.Errorf("invalid setting stop_grace = %s: stop_grace plus kill_grace (%s) must be less than heartbeat_kill %s, "+
+			"or bolt watchdog would kill Bolt while it stops; lower stop_grace or raise heartbeat_kill",
+			seconds(c.StopGrace), seconds(c.KillGrace), seconds(c.HeartbeatKill))
+	}
+	return nil
+}
+
+// HeartbeatPath returns the heartbeat file, <heartbeat_dir>/<name>__<warn>__<kill>, with the
+// thresholds in whole seconds as monitors of this file-name convention read them.
+func (c *Config) HeartbeatPath() string {
+	name := fmt.Sprintf("%s__%d__%d", c.HeartbeatName, int(c.HeartbeatWarn.Seconds()), int(c.HeartbeatKill.Seconds()))
+	return filepath.Join(c.Path(c.HeartbeatDir), name)
 }
 
 func lookup(getenv func(string) string, name string) (string, bool) {
@@ -335,12 +447,26 @@ func (c *Config) value(name string) string {
 		return seconds(c.MaxTimeout)
 	case "kill_grace":
 		return seconds(c.KillGrace)
+	case "stop_grace":
+		return seconds(c.StopGrace)
 	case "output_limit":
 		return strconv.Itoa(c.OutputLimit)
 	case "log_file":
 		return c.LogFile
 	case "log_level":
 		return c.LogLevel
+	case "kill_files":
+		return strings.Join(c.KillFiles, ",")
+	case "heartbeat_dir":
+		return c.HeartbeatDir
+	case "heartbeat_name":
+		return c.HeartbeatName
+	case "heartbeat_warn":
+		return seconds(c.HeartbeatWarn)
+	case "heartbeat_kill":
+		return seconds(c.HeartbeatKill)
+	case "start_timeout":
+		return seconds(c.StartTimeout)
 	case "max_attempts":
 		return strconv.Itoa(c.MaxAttempts)
 	case "lease":

@@ -18,10 +18,15 @@ Usage:
                                       insert a task and print its id
   bolt db [--listen ADDR] [--data DIR] serve the embedded store on its own
   bolt config [settings]              print every setting, its value and where it came from
+  bolt setup [--systemd] [settings]   prepare the application folder: log/, tmp/, bolt.conf and
+                                      the bolt_watchdog script for cron (or a systemd unit)
+  bolt watchdog [settings]            start Bolt unless it is alive; replace it when its
+                                      heartbeat is older than heartbeat_kill
   bolt help                           print this text
 
 Settings come from bolt.conf in the application folder, then BOLT_<NAME> variables, then
-flags (a flag wins). Run "bolt config" to list them.
+flags (a flag wins). Run "bolt config" to list them. Called as bolt_setup, the binary runs
+bolt setup.
 `
 
 // errUsage marks a command-line mistake; main prints the usage after it.
@@ -35,7 +40,10 @@ func run(args []string) int {
 	name := filepath.Base(args[0])
 	rest := args[1:]
 	command := ""
-	if len(rest) > 0 {
+	switch {
+	case name == setupName:
+		command = "setup"
+	case len(rest) > 0:
 		command, rest = rest[0], rest[1:]
 	}
 
@@ -49,6 +57,10 @@ func run(args []string) int {
 		err = serveDB(rest)
 	case "config":
 		err = printConfig(rest)
+	case "setup":
+		err = setup(rest)
+	case "watchdog":
+		err = runWatchdog(rest)
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return 0

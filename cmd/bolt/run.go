@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -13,14 +14,24 @@ import (
 
 	"github.com/bolt-runner/bolt/config"
 	"github.com/bolt-runner/bolt/executor"
+	"github.com/bolt-runner/bolt/lifecycle"
 	"github.com/bolt-runner/bolt/notify"
 	"github.com/bolt-runner/bolt/reactor"
 	"github.com/bolt-runner/bolt/store"
 )
 
-// stopGrace is how long running tasks may go on after SIGTERM or SIGINT before they are
-// stopped and released.
-const stopGrace = 30 * time.Second
+// daemonLockWait is how long a starting daemon retries the daemon lock, which bolt watchdog
+// holds for an instant when it checks for a daemon.
+const daemonLockWait = time.Second
+
+// Causes of a stop, as context causes, so the log shows why tasks were stopped.
+var (
+	errStopSignal   = errors.New("stop signal received")
+	errSecondSignal = errors.New("second stop signal received")
+	errGraceOver    = errors.New("stop grace period over")
+	errKillFile     = errors.New("kill file changed")
+	errLivenessLost = errors.New("liveness record removed by another daemon")
+)
 
 func runDaemon(args []string) error {
 	f := newCommandFlags("run")
@@ -47,14 +58,54 @@ func runDaemon(args []string) error {
 	return err
 }
 
-func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile) error {
-	// fetchCtx ends claiming; taskCtx stops running tasks. A first signal ends claiming and
-	// gives tasks stopGrace to finish; a second signal, or the grace running out, stops them.
-	fetchCtx, stopFetching := context.WithCancel(context.Background())
-	defer stopFetching()
-	taskCtx, stopTasks := context.WithCancel(context.Background())
-	defer stopTasks()
-	go handleSignals(log, logFile, stopFetching, stopTasks)
+func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile) (err error) {
+	// One daemon per application folder and environment: the lock is held until return.
+	lock, err := lifecycle.AcquireDaemonLock(lifecycle.FilesFor(cfg.AppDir, cfg.Env), daemonLockWait)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	heartbeat, err := lifecycle.NewHeartbeat(cfg.HeartbeatPath(), log)
+	if err != nil {
+		return err
+	}
+	heartbeat.Touch()
+
+	// fetchCtx ends claiming, and taskCtx stops running tasks. A first signal ends claiming and
+	// gives tasks stop_grace to finish. A second signal, the end of the grace period or a kill
+	// file stops them at once.
+	fetchCtx, stopFetching := context.WithCancelCause(context.Background())
+	defer stopFetching(nil)
+	taskCtx, stopTasks := context.WithCancelCause(context.Background())
+	defer stopTasks(nil)
+	defer func() {
+		// A stop asked for during start-up cuts the start short; that is a clean stop too.
+		if err != nil && fetchCtx.Err() != nil {
+			log.Info().Err(err).Str("cause", context.Cause(fetchCtx).Error()).Msg("bolt: stopped during start-up")
+			err = nil
+		}
+	}()
+
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+	go handleSignals(signals, log, logFile, cfg.StopGrace, stopFetching, stopTasks)
+
+	killFiles := make([]string, len(cfg.KillFiles))
+	for i, f := range cfg.KillFiles {
+		killFiles[i] = cfg.Path(f)
+	}
+	kills, err := lifecycle.NewKillWatcher(killFiles, func(path string) {
+		log.Warn().Str("path", path).Msg("bolt: kill file changed, stopping; running tasks are stopped and released to run again")
+		stopFetching(errKillFile)
+		stopTasks(errKillFile)
+	}, log)
+	if err != nil {
+		return err
+	}
+	watchCtx, stopWatching := context.WithCancel(context.Background())
+	defer stopWatching()
+	go kills.Run(watchCtx)
 
 	host, _ := os.Hostname()
 	started := time.Now()
@@ -93,7 +144,8 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 		log.Warn().Err(err).Msg("bolt: reading the server's clock failed")
 	})
 
-	liveness := &reactor.Liveness{Store: st, Lease: cfg.Lease, Host: host, AppDir: cfg.AppDir, Logger: log, OnLost: stopTasks}
+	liveness := &reactor.Liveness{Store: st, Lease: cfg.Lease, Host: host, AppDir: cfg.AppDir, Logger: log,
+		OnLost: func() { stopTasks(errLivenessLost) }}
 	if err := liveness.Register(fetchCtx); err != nil {
 		return err
 	}
@@ -102,7 +154,11 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 			log.Error().Err(err).Msg("bolt: removing liveness record failed")
 		}
 	}()
-	go liveness.Run(fetchCtx)
+	// Beats go on while running tasks finish after a stop signal, so that other daemons do
+	// not judge this one dead and run its tasks a second time.
+	liveCtx, stopLiveness := context.WithCancel(context.Background())
+	defer stopLiveness()
+	go liveness.Run(liveCtx)
 
 	notifier, err := notify.New(st.DB, notify.Config{
 		SMTPURL: cfg.SMTPURL, From: cfg.MailFrom, DefaultTo: cfg.DefaultEmail, Env: cfg.Env,
@@ -128,17 +184,29 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 	r := reactor.New(st, exec, reactor.Config{
 		Throttle: cfg.Throttle, CatchUpLimit: cfg.CatchUpLimit, Drain: drain, Logger: log,
 		Now: clock.Now,
+		OnLoop: func() {
+			heartbeat.Touch()
+			kills.Poll()
+		},
 	})
+	// bolt watchdog waits for the pid file to know that the daemon it started is up.
+	if err := lock.WritePidFile(); err != nil {
+		return err
+	}
 	if err := r.Run(fetchCtx, taskCtx); err != nil {
 		return fmt.Errorf("reactor: %w", err)
 	}
-	log.Info().Msg("bolt: stopped")
+	ev := log.Info()
+	if cause := context.Cause(fetchCtx); cause != nil && !errors.Is(cause, context.Canceled) {
+		ev = ev.Str("cause", cause.Error())
+	}
+	ev.Msg("bolt: stopped")
 	return nil
 }
 
-func handleSignals(log zerolog.Logger, logFile *logFile, stopFetching, stopTasks context.CancelFunc) {
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+// handleSignals reopens the log file on SIGHUP and stops the daemon on SIGTERM and SIGINT:
+// the first ends claiming and gives running tasks grace to finish, the second stops them at once.
+func handleSignals(signals <-chan os.Signal, log zerolog.Logger, logFile *logFile, grace time.Duration, stopFetching, stopTasks context.CancelCauseFunc) {
 	stopping := false
 	for sig := range signals {
 		switch {
@@ -150,13 +218,13 @@ func handleSignals(log zerolog.Logger, logFile *logFile, stopFetching, stopTasks
 			}
 		case !stopping:
 			stopping = true
-			log.Info().Str("signal", sig.String()).Dur("grace", stopGrace).
-				Msg("bolt: stopping; running tasks may finish within the grace period")
-			stopFetching()
-			time.AfterFunc(stopGrace, stopTasks)
+			log.Info().Str("signal", sig.String()).Dur("grace", grace).
+				Msg("bolt: stopping; running tasks may finish within the grace period (setting stop_grace)")
+			stopFetching(errStopSignal)
+			time.AfterFunc(grace, func() { stopTasks(errGraceOver) })
 		default:
 			log.Warn().Str("signal", sig.String()).Msg("bolt: second signal, stopping running tasks now")
-			stopTasks()
+			stopTasks(errSecondSignal)
 		}
 	}
 }
