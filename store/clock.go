@@ -33,10 +33,10 @@ func (c *Clock) Now() time.Time {
 func (c *Clock) local() time.Time { return time.Now().Add(c.skew) }
 
 // Sync measures the offset between this host's clock and the server's from the localTime
-// of a hello reply, taking the middle of the round trip as the moment the server read it.
-// The result is accurate to about half the round trip plus a millisecond.
+// of a hello reply. It takes the end of the round trip as the moment the server read its
+// clock, which errs towards an earlier server time: a task then starts late by up to one
+// round trip (and a millisecond of BSON date precision), never early.
 func (c *Clock) Sync(ctx context.Context) (time.Duration, error) {
-	sent := c.local()
 	var reply struct {
 		LocalTime time.Time `bson:"localTime"`
 	}
@@ -48,7 +48,7 @@ func (c *Clock) Sync(ctx context.Context) (time.Duration, error) {
 	if reply.LocalTime.IsZero() {
 		return 0, fmt.Errorf("reading the server's clock: hello reply has no localTime")
 	}
-	offset := reply.LocalTime.Sub(sent.Add(received.Sub(sent) / 2))
+	offset := reply.LocalTime.Sub(received)
 	c.offset.Store(int64(offset))
 	return offset, nil
 }
