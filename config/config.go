@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -249,10 +250,14 @@ func EnvName(name string) string { return "BOLT_" + strings.ToUpper(name) }
 // FlagName returns the command-line flag of a setting, such as --mongo-uri.
 func FlagName(name string) string { return strings.ReplaceAll(name, "_", "-") }
 
-// RegisterFlags adds one string flag per setting to fs. Load reads only the flags that were set.
-func RegisterFlags(fs *flag.FlagSet) map[string]*string {
+// RegisterFlags adds one string flag per setting to fs, except the settings named in skip.
+// Load reads only the flags that were set.
+func RegisterFlags(fs *flag.FlagSet, skip ...string) map[string]*string {
 	values := make(map[string]*string, len(Settings))
 	for _, s := range Settings {
+		if slices.Contains(skip, s.Name) {
+			continue
+		}
 		values[s.Name] = fs.String(FlagName(s.Name), "", fmt.Sprintf("%s (default %q)", s.Help, s.Default))
 	}
 	return values

@@ -55,17 +55,21 @@ func newApp(t *testing.T) *testApp {
 	app.uri = startDB(t, filepath.Join(dir, "db"))
 	app.writeFile("bolt.conf", fmt.Sprintf("mongo_uri = %s\nkill_grace = 1\nlog_level = debug\ndefault_email = dev@example.com\n", app.uri))
 
-	client, err := mongo.Connect(options.Client().ApplyURI(app.uri))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	app.tasks = client.Database("bolt_test").Collection("task_queue")
+	app.tasks = connect(t, app.uri)
 	return app
 }
 
 // startDB runs `bolt db` on a free loopback port and returns its URI.
 func startDB(t *testing.T, dataDir string) string {
 	t.Helper()
-	cmd := exec.Command(boltBinary, "db", "--listen", "127.0.0.1:0", "--data", dataDir, "--app", filepath.Dir(dataDir))
+	_, uri := startDBAt(t, dataDir, "127.0.0.1:0")
+	return uri
+}
+
+// startDBAt runs `bolt db` on addr and returns the process and the URI it printed.
+func startDBAt(t *testing.T, dataDir, addr string) (*exec.Cmd, string) {
+	t.Helper()
+	cmd := exec.Command(boltBinary, "db", "--listen", addr, "--data", dataDir, "--app", filepath.Dir(dataDir))
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	cmd.Stderr = os.Stderr
@@ -76,7 +80,16 @@ func startDB(t *testing.T, dataDir string) string {
 	})
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	require.NoError(t, err, "bolt db printed no URI")
-	return strings.TrimSpace(line)
+	return cmd, strings.TrimSpace(line)
+}
+
+// connect returns the test database's task_queue on the store at uri.
+func connect(t *testing.T, uri string) *mongo.Collection {
+	t.Helper()
+	client, err := mongo.Connect(options.Client().ApplyURI(uri))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	return client.Database("bolt_test").Collection("task_queue")
 }
 
 func (a *testApp) writeFile(name, content string) string {

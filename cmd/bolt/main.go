@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+
+	"github.com/bolt-runner/bolt/childproc"
 )
 
 const usage = `bolt runs the tasks in MongoDB collection task_queue of database bolt_<env>,
@@ -61,6 +63,9 @@ func run(args []string) int {
 		err = setup(rest)
 	case "watchdog":
 		err = runWatchdog(rest)
+	case childproc.GuardCommand:
+		childproc.RunGuard(os.Stdin)
+		return 0
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 		return 0

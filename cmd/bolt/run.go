@@ -12,6 +12,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/bolt-runner/bolt/childproc"
 	"github.com/bolt-runner/bolt/config"
 	"github.com/bolt-runner/bolt/executor"
 	"github.com/bolt-runner/bolt/lifecycle"
@@ -51,14 +52,14 @@ func runDaemon(args []string) error {
 	defer logFile.Close()
 	log := newLogger(logFile, cfg.LogLevel)
 
-	err = daemon(cfg, *drain, log, logFile)
+	err = runUntilStopped(cfg, *drain, log, logFile)
 	if err != nil {
 		log.Error().Err(err).Msg("bolt: stopped on error")
 	}
 	return err
 }
 
-func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile) (err error) {
+func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile) (err error) {
 	// One daemon per application folder and environment: the lock is held until return.
 	lock, err := lifecycle.AcquireDaemonLock(lifecycle.FilesFor(cfg.AppDir, cfg.Env), daemonLockWait)
 	if err != nil {
@@ -158,6 +159,7 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 	// not judge this one dead and run its tasks a second time.
 	liveCtx, stopLiveness := context.WithCancel(context.Background())
 	defer stopLiveness()
+	liveness.RecoverNow(fetchCtx)
 	go liveness.Run(liveCtx)
 
 	notifier, err := notify.New(st.DB, notify.Config{
@@ -169,13 +171,23 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 	}
 	mailCtx, stopMail := context.WithCancel(context.Background())
 	defer stopMail()
-	go func() { _ = notifier.Run(mailCtx) }()
+	// With --drain, mail goes out once at the end (see below), so a short batch run
+	// never stops the delivery loop in the middle of a send.
+	if !drain {
+		go func() { _ = notifier.Run(mailCtx) }()
+	}
+
+	guard := startGuard(log)
+	defer guard.Close()
+	rubyRunner, stopRuby := startRubyRunner(cfg, guard, log)
+	defer stopRuby()
 
 	exec := executor.New(executor.Config{
 		AppDir: cfg.AppDir, LoadPath: cfg.LoadPath, BootFile: cfg.BootFile, Ruby: cfg.Ruby,
 		Env: cfg.Env, MongoURI: uri, Database: cfg.Database(),
 		DefaultTimeout: cfg.Timeout, MaxTimeout: cfg.MaxTimeout, KillGrace: cfg.KillGrace,
-		OutputLimit: cfg.OutputLimit, MaxAttempts: cfg.MaxAttempts, Host: host,
+		OutputLimit: cfg.OutputLimit, MaxAttempts: cfg.MaxAttempts, Host: host, Guard: guard,
+		RubyRunner: rubyRunner,
 	}, st, notifier, log)
 
 	log.Info().Str("daemon", owner).Str("app", cfg.AppDir).Str("env", cfg.Env).
@@ -195,6 +207,13 @@ func daemon(cfg *config.Config, drain bool, log zerolog.Logger, logFile *logFile
 	}
 	if err := r.Run(fetchCtx, taskCtx); err != nil {
 		return fmt.Errorf("reactor: %w", err)
+	}
+	if drain {
+		flushCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := notifier.Flush(flushCtx); err != nil {
+			log.Warn().Err(err).Msg("bolt: sending mail before exit failed; it stays queued for the next run")
+		}
+		cancel()
 	}
 	ev := log.Info()
 	if cause := context.Cause(fetchCtx); cause != nil && !errors.Is(cause, context.Canceled) {
@@ -227,4 +246,19 @@ func handleSignals(signals <-chan os.Signal, log zerolog.Logger, logFile *logFil
 			stopTasks(errSecondSignal)
 		}
 	}
+}
+
+// startGuard starts the process that kills running tasks' groups if Bolt is killed. Without
+// it, Bolt still runs; only a task's grandchildren could then outlive a Bolt killed with
+// SIGKILL.
+func startGuard(log zerolog.Logger) *childproc.Guard {
+	exe, err := os.Executable()
+	if err == nil {
+		var guard *childproc.Guard
+		if guard, err = childproc.StartGuard(exe); err == nil {
+			return guard
+		}
+	}
+	log.Warn().Err(err).Msg("bolt: starting the task guard failed; a task's grandchildren may outlive a killed Bolt")
+	return nil
 }
