@@ -122,14 +122,21 @@ func (s *Store) Lookup(ctx context.Context, id bson.RawValue) (w Waiting, ok boo
 }
 
 // Claim marks the task dispatched by this daemon in one atomic update and returns the claimed
-// document. It returns ErrNotClaimed when the task is gone or another daemon has it.
+// document. It returns ErrNotClaimed when the task is gone or another daemon has it. The
+// caller must not claim a task it is running.
 //
 // The filter matches on _id equality so that the embedded store, which pushes down only _id
 // equality, reads one document instead of scanning the queue.
 func (s *Store) Claim(ctx context.Context, id bson.RawValue, now time.Time) (bson.Raw, error) {
+	// A task this daemon already owns but does not run is one whose claim reply was lost
+	// (the connection dropped after the server applied it); the caller never claims a task
+	// it runs, so matching it again recovers the task instead of stranding it.
 	filter := bson.D{
 		{Key: "_id", Value: id},
-		{Key: taskdoc.FieldDispatched, Value: bson.D{{Key: "$ne", Value: true}}},
+		{Key: "$or", Value: bson.A{
+			bson.D{{Key: taskdoc.FieldDispatched, Value: bson.D{{Key: "$ne", Value: true}}}},
+			bson.D{{Key: taskdoc.FieldDispatchedBy, Value: s.Owner}},
+		}},
 	}
 	update := bson.D{
 		{Key: "$set", Value: bson.D{
