@@ -43,6 +43,7 @@ type Config struct {
 	MaxAttempts  int
 	Lease        time.Duration
 	CatchUpLimit int
+	Watch        string
 	SMTPURL      string
 	MailFrom     string
 	DefaultEmail string
@@ -184,6 +185,14 @@ var Settings = []*Setting{
 		apply: secondsSetting(func(c *Config, d time.Duration) { c.Lease = d })},
 	{Name: "catch_up_limit", Default: "20000", Help: "waiting tasks read by one catch-up query",
 		apply: intSetting(100, 10_000_000, func(c *Config, n int) { c.CatchUpLimit = n })},
+	{Name: "watch", Default: "auto", Help: "how new tasks are found: auto (a change stream where the server has them, else polling) or poll (always poll, for proxies that do not pass change streams)",
+		apply: func(c *Config, v string) error {
+			if v != "auto" && v != "poll" {
+				return errors.New("allowed values are auto, poll")
+			}
+			c.Watch = v
+			return nil
+		}},
 	{Name: "smtp_url", Default: "", Help: "SMTP server, smtp://user:pass@host:587 (STARTTLS) or smtps://host:465", Secret: true,
 		apply: func(c *Config, v string) error { c.SMTPURL = v; return nil }},
 	{Name: "mail_from", Default: "bolt@localhost", Help: "From address of Bolt's mails",
@@ -478,6 +487,8 @@ func (c *Config) value(name string) string {
 		return seconds(c.Lease)
 	case "catch_up_limit":
 		return strconv.Itoa(c.CatchUpLimit)
+	case "watch":
+		return c.Watch
 	case "smtp_url":
 		return c.SMTPURL
 	case "mail_from":

@@ -39,6 +39,9 @@ type Config struct {
 	// Now returns the current time; tests shift it to simulate clock skew.
 	Now func() time.Time
 
+	// Poll skips change streams and always polls for new tasks.
+	Poll bool
+
 	// PollMin and PollMax bound the polling interval on servers without change streams
 	// (defaults 100ms and 2s).
 	PollMin, PollMax time.Duration

@@ -45,6 +45,12 @@ func (r *Reactor) watch(ctx context.Context) {
 	retry.MaxInterval = 10 * time.Second
 	retry.MaxElapsedTime = 0
 	announced := false
+	if r.cfg.Poll {
+		r.log.Info().Str("path", "polling").Str("reason", "setting watch = poll").
+			Msg("reactor: polling for new tasks with backoff")
+		r.poll(ctx)
+		return
+	}
 
 	for ctx.Err() == nil {
 		stream, err := r.openStream(ctx, token)

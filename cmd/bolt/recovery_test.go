@@ -109,3 +109,37 @@ func TestInvalidEnvironmentStopsAtStart(t *testing.T) {
 	require.Contains(t, string(out), "production, development, test")
 	require.Contains(t, string(out), "staging")
 }
+
+func TestNewTaskArrivesThroughChangeStream(t *testing.T) {
+	t.Parallel()
+	testPickupPath(t, "auto", "path=change_stream")
+}
+
+func TestNewTaskArrivesThroughPolling(t *testing.T) {
+	t.Parallel()
+	testPickupPath(t, "poll", "path=polling")
+}
+
+// testPickupPath starts a daemon on an empty queue, inserts a task from this process once
+// the daemon watches, and checks that the task runs and the daemon named the path it took.
+func testPickupPath(t *testing.T, watch, wantPath string) {
+	app := newApp(t)
+	app.setConfig("watch = " + watch)
+	app.writeExecutable("ping", "#!/bin/sh\ntouch pinged\n")
+	app.startDaemon(nil)
+	waitFor(t, time.Minute, "the daemon to say how it finds tasks", func() bool {
+		return strings.Contains(app.log(), wantPath)
+	})
+
+	id := app.insert(bson.D{{Key: "task", Value: "ping"}})
+	waitFor(t, time.Minute, "the inserted task to run", func() bool {
+		_, err := os.Stat(filepath.Join(app.dir, "pinged"))
+		return err == nil
+	})
+	require.Contains(t, app.logLine(id, "task finished"), "success=true")
+	for _, other := range []string{"path=change_stream", "path=polling"} {
+		if other != wantPath {
+			require.NotContains(t, app.log(), other)
+		}
+	}
+}

@@ -195,6 +195,7 @@ func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile
 		Msg("bolt: started")
 	r := reactor.New(st, exec, reactor.Config{
 		Throttle: cfg.Throttle, CatchUpLimit: cfg.CatchUpLimit, Drain: drain, Logger: log,
+		Poll: cfg.Watch == "poll",
 		Now: clock.Now,
 		OnLoop: func() {
 			heartbeat.Touch()
