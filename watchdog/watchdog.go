@@ -106,6 +106,7 @@ func Run(ctx context.Context, cfg Config) (Outcome, error) {
 			return Outcome{}, err
 		}
 	} else {
+		log.Info().Str("lock", cfg.Files.DaemonLock).Msg("watchdog: no daemon holds the lock")
 		out.Action = Started
 	}
 
