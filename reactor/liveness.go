@@ -1,8 +1,10 @@
 package reactor
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"syscall"
@@ -158,9 +160,22 @@ func (l *Liveness) release(ctx context.Context, log zerolog.Logger, owner, reaso
 	}
 }
 
+// processExists reports whether pid is a running process. A zombie (exited, not yet
+// reaped, which happens where nothing reaps orphans) does not count.
 func processExists(pid int) bool {
 	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
+	if err != nil && !errors.Is(err, syscall.EPERM) {
+		return false
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return !errors.Is(err, os.ErrNotExist)
+	}
+	// The state field follows the command name, which is in parentheses.
+	if i := bytes.LastIndexByte(stat, ')'); i >= 0 && i+2 < len(stat) {
+		return stat[i+2] != 'Z'
+	}
+	return true
 }
 
 // jitter spreads d by up to a fifth either way so daemons do not query in step.

@@ -251,7 +251,8 @@ func TestLargeDocument(t *testing.T) {
 func TestRunAtDelaysTask(t *testing.T) {
 	t.Parallel()
 	app := newApp(t)
-	app.writeExecutable("stamp", "#!/bin/sh\ndate +%s.%N > \"stamp-$BOLT_TASK_ID\"\n")
+	// The stamp is renamed into place so the test never reads a half-written file.
+	app.writeExecutable("stamp", "#!/bin/sh\ndate +%s.%N > stamp.tmp\nmv stamp.tmp \"stamp-$BOLT_TASK_ID\"\n")
 	runAt := time.Now().Add(2 * time.Second)
 	later := app.insert(bson.D{{Key: "task", Value: "stamp"}, {Key: "run_at", Value: float64(runAt.UnixNano()) / 1e9}})
 

@@ -199,7 +199,7 @@ func TestClockSkewNeitherRunsEarlyNorRecyclesLiveDaemons(t *testing.T) {
 	t.Parallel()
 	app := newApp(t)
 	app.setConfig("lease = 2")
-	app.writeExecutable("stamp", "#!/bin/sh\ndate +%s.%N > \""+app.dir+"/stamp-$BOLT_TASK_ID\"\n")
+	app.writeExecutable("stamp", "#!/bin/sh\ndate +%s.%N > \""+app.dir+"/stamp-$BOLT_TASK_ID.tmp\"\nmv \""+app.dir+"/stamp-$BOLT_TASK_ID.tmp\" \""+app.dir+"/stamp-$BOLT_TASK_ID\"\n")
 	app.writeExecutable("long", "#!/bin/sh\necho \"$BOLT_TASK_ID\" >> "+app.dir+"/long.txt\nsleep 8\n")
 
 	behind := app.peer()
