@@ -116,7 +116,7 @@ func (e *Executor) Execute(ctx context.Context, doc bson.Raw) {
 	}
 }
 
-// retry runs op with backoff for a bounded time, stopping at a permanent answer.
+// retry runs op with backoff for a bounded time, stopping at a permanent error.
 func (e *Executor) retry(ctx context.Context, op func() error) error {
 	policy := backoff.NewExponentialBackOff()
 	policy.InitialInterval = 100 * time.Millisecond

@@ -128,7 +128,7 @@ func (e *Executor) environment(doc bson.Raw) []string {
 	)
 }
 
-// rubyResult is what the Ruby runner writes to the result file.
+// rubyResult is the outcome the Ruby runner writes to the result file.
 type rubyResult struct {
 	Success   bool            `json:"success"`
 	Ex        string          `json:"ex"`

@@ -29,7 +29,7 @@ type event struct {
 
 // Server error codes that mean the server has no change streams: 40573 (not a replica set),
 // 40324 (unknown pipeline stage), 115 (command not supported), 59 (command not found),
-// 238 (not implemented, as FerretDB answers).
+// 238 (not implemented, the code FerretDB returns).
 var noChangeStreamCodes = []int{40573, 40324, 115, 59, 238}
 
 // ChangeStreamHistoryLost is the server's code for a resume token older than its log.

@@ -34,7 +34,7 @@ type Store struct {
 	Owner   string
 }
 
-// Connect opens a client for uri and checks that the server answers.
+// Connect opens a client for uri and pings the server.
 func Connect(ctx context.Context, uri, database, owner string) (*Store, error) {
 	opts := options.Client().ApplyURI(uri).
 		SetAppName("bolt").
