@@ -169,12 +169,23 @@ func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile
 	if err != nil {
 		return err
 	}
+	// At a stop the delivery loop finishes the mail it is sending (bounded by the send
+	// timeout) before Bolt exits, so no message is cut off halfway.
 	mailCtx, stopMail := context.WithCancel(context.Background())
-	defer stopMail()
+	mailDone := make(chan struct{})
+	defer func() {
+		stopMail()
+		<-mailDone
+	}()
 	// With --drain, mail goes out once at the end (see below), so a short batch run
 	// never stops the delivery loop in the middle of a send.
-	if !drain {
-		go func() { _ = notifier.Run(mailCtx) }()
+	if drain {
+		close(mailDone)
+	} else {
+		go func() {
+			defer close(mailDone)
+			_ = notifier.Run(mailCtx)
+		}()
 	}
 
 	guard := startGuard(log)
