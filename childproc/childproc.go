@@ -17,7 +17,6 @@ package childproc
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -147,12 +146,11 @@ func Run(ctx context.Context, spec Spec) Result {
 		return result
 	}
 
-	resultDir, resultPath, err := createResultFile()
+	streams, err := OpenStreams(spec)
 	if err != nil {
 		result.StartErr = err
 		return result
 	}
-	defer os.RemoveAll(resultDir)
 
 	// Linux sends the parent-death signal when the thread that forked the child exits,
 	// not when the process does, and the Go runtime ends a thread when a goroutine exits
@@ -163,8 +161,9 @@ func Run(ctx context.Context, spec Spec) Result {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 
-	proc, err := start(spec, resultPath)
+	proc, err := start(spec, streams)
 	if err != nil {
+		streams.Abandon()
 		result.StartErr = err
 		return result
 	}
@@ -182,11 +181,7 @@ func Run(ctx context.Context, spec Spec) Result {
 	spec.Guard.Remove(result.PID)
 	result.ExitCode, result.Signal = proc.reap()
 
-	proc.drain()
-	result.Stdout, result.StdoutDropped = proc.stdout.tail.Bytes(), proc.stdout.tail.dropped
-	result.Stderr, result.StderrDropped = proc.stderr.tail.Bytes(), proc.stderr.tail.dropped
-
-	result.ResultJSON, result.ResultTruncated, result.ResultErr = readResultFile(resultPath, spec.ResultLimit)
+	streams.Collect(&result)
 
 	return result
 }
@@ -202,30 +197,15 @@ func childEnv(env []string, resultPath string) []string {
 
 // start starts the process with its pipes and the goroutines that feed and read them.
 // On error nothing is left open.
-func start(spec Spec, resultPath string) (*process, error) {
-	stdout, err := newOutputReader(spec.OutputLimit)
-	if err != nil {
-		return nil, fmt.Errorf("creating stdout pipe: %w", err)
-	}
-	stderr, err := newOutputReader(spec.OutputLimit)
-	if err != nil {
-		stdout.closeBoth()
-		return nil, fmt.Errorf("creating stderr pipe: %w", err)
-	}
-	stdin, err := newInputWriter(spec.Stdin)
-	if err != nil {
-		stdout.closeBoth()
-		stderr.closeBoth()
-		return nil, fmt.Errorf("creating stdin pipe: %w", err)
-	}
-
+func start(spec Spec, streams *Streams) (*process, error) {
+	stdin, stdout, stderr := streams.ChildFiles()
 	cmd := exec.Command(spec.Path, spec.Args...)
 	cmd.Dir = spec.Dir
-	cmd.Env = childEnv(spec.Env, resultPath)
-	cmd.Stdout = stdout.childEnd
-	cmd.Stderr = stderr.childEnd
+	cmd.Env = childEnv(spec.Env, streams.ResultPath())
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
 	if stdin != nil {
-		cmd.Stdin = stdin.childEnd
+		cmd.Stdin = stdin
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
@@ -233,35 +213,15 @@ func start(spec Spec, resultPath string) (*process, error) {
 	// copying goroutines inside exec, so Cmd.Wait returns as soon as the leader is reaped
 	// and this package decides itself how long to wait for the pipes.
 	started := time.Now()
-	err = cmd.Start()
-
-	stdout.closeChildEnd()
-	stderr.closeChildEnd()
-	if stdin != nil {
-		stdin.closeChildEnd()
-	}
-
-	if err != nil {
-		stdout.closeParentEnd()
-		stderr.closeParentEnd()
-		if stdin != nil {
-			stdin.closeParentEnd()
-		}
+	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", spec.Path, err)
 	}
+	streams.Started()
 
 	proc := &process{
 		cmd:     cmd,
 		started: started,
-		stdout:  stdout,
-		stderr:  stderr,
-		stdin:   stdin,
 		exited:  make(chan time.Time, 1),
-	}
-	stdout.startReading()
-	stderr.startReading()
-	if stdin != nil {
-		stdin.startWriting()
 	}
 	go proc.waitForExit()
 

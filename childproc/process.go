@@ -14,9 +14,6 @@ import (
 type process struct {
 	cmd     *exec.Cmd
 	started time.Time
-	stdout  *outputReader
-	stderr  *outputReader
-	stdin   *inputWriter // nil when the child's stdin is /dev/null
 
 	// exited receives the time the leader exited. The leader is still a zombie then,
 	// because waitForExit waits without reaping it.
@@ -129,33 +126,4 @@ func signalName(sig syscall.Signal) string {
 	}
 
 	return sig.String()
-}
-
-// drain waits for both output readers to reach end-of-file, closes the pipes of any
-// reader still blocked after pipeDrainTimeout, and stops the stdin writer.
-func (p *process) drain() {
-	deadline := time.NewTimer(pipeDrainTimeout)
-	defer deadline.Stop()
-
-	for _, reader := range []*outputReader{p.stdout, p.stderr} {
-		select {
-		case <-reader.done:
-		case <-deadline.C:
-			// Closing unblocks the pending Read, so the reader goroutine ends.
-			p.stdout.closeParentEnd()
-			p.stderr.closeParentEnd()
-		}
-	}
-	<-p.stdout.done
-	<-p.stderr.done
-	p.stdout.closeParentEnd()
-	p.stderr.closeParentEnd()
-
-	if p.stdin != nil {
-		// Every reader of stdin in the group is dead, so a pending write has already
-		// failed with EPIPE. The exception is a process that escaped the group and
-		// keeps the pipe open. Closing our end ends the writer in both cases.
-		p.stdin.closeParentEnd()
-		<-p.stdin.done
-	}
 }
