@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,14 +33,17 @@ class Bolt::Tasks::Clock
 end
 `
 
-// bareForkLoop forks ARGV[0] children that exit at once, at most ARGV[1] at a time,
-// and prints the seconds the loop took. It is the upper bound of a forking runner.
-// ARGV[2] "exit!" ends each child with exit!, which skips at_exit handlers and Ruby's
-// teardown; "exit" ends it as a preloaded task's child ends.
+// bareForkLoop forks ARGV[0] children, at most ARGV[1] at a time, and prints the
+// seconds the loop took. With ARGV[2] "exit!" each child exits at once with exit!,
+// which skips at_exit handlers and Ruby's teardown: the floor of forking. With ARGV[2]
+// "task" each child requires the task file ARGV[3], calls its run method with an empty
+// document and ends with exit, as a preloaded task's child does, but without Bolt's
+// document, pipes, result file and messages.
 const bareForkLoop = `
 total, concurrency = ARGV[0, 2].map(&:to_i)
-teardown = ARGV[2] == "exit"
+mode, task_file = ARGV[2, 2]
 require "json"
+module Bolt; module Tasks; end; end
 started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
 running = 0
 total.times do
@@ -47,7 +51,15 @@ total.times do
     Process.wait
     running -= 1
   end
-  fork { teardown ? exit(0) : exit!(0) }
+  if mode == "task"
+    fork do
+      require task_file
+      Bolt::Tasks::Noop.run(task: {})
+      exit(0)
+    end
+  else
+    fork { exit!(0) }
+  end
   running += 1
 end
 running.times { Process.wait }
@@ -115,16 +127,17 @@ func BenchmarkNoopTasks(b *testing.B) {
 		runConcurrently(b, func() { requireSuccess(b, a.freshRun("noop", `{}`)) })
 	})
 
-	loops := []struct{ name, exit string }{
+	loops := []struct{ name, mode string }{
 		{"bare_fork_loop_exit_bang", "exit!"},
-		{"bare_fork_loop_exit", "exit"},
+		{"bare_fork_loop_task", "task"},
 	}
 	for _, bare := range loops {
 		b.Run(bare.name, func(b *testing.B) {
-			requireRuby(b)
+			a := newApp(b)
+			a.write("lib/bolt/tasks/noop.rb", noopTask)
 
-			loop := exec.Command("ruby", "-e", bareForkLoop, strconv.Itoa(b.N), strconv.Itoa(benchConcurrency), bare.exit)
-			output, err := loop.Output()
+			output, err := exec.Command("ruby", "-e", bareForkLoop, strconv.Itoa(b.N), strconv.Itoa(benchConcurrency),
+				bare.mode, filepath.Join(a.dir, "lib/bolt/tasks/noop.rb")).Output()
 			require.NoError(b, err)
 			seconds, err := strconv.ParseFloat(strings.TrimSpace(string(output)), 64)
 			require.NoError(b, err)
@@ -188,8 +201,14 @@ func TestBenchmarkHelpersWork(t *testing.T) {
 	result := a.freshRun("clock", `{}`)
 	require.Equal(t, 0, result.ExitCode, "stderr:\n%s", result.Stderr)
 
-	output, err := exec.Command("ruby", "-e", bareForkLoop, "3", "2", "exit").Output()
+	a.write("lib/bolt/tasks/noop.rb", noopTask+"File.write(File.join(__dir__, \"ran-#{Process.pid}\"), \"\")\n")
+	for _, mode := range []string{"exit!", "task"} {
+		output, err := exec.Command("ruby", "-e", bareForkLoop, "3", "2", mode, filepath.Join(a.dir, "lib/bolt/tasks/noop.rb")).Output()
+		require.NoError(t, err, "mode %s", mode)
+		_, err = strconv.ParseFloat(strings.TrimSpace(string(output)), 64)
+		require.NoError(t, err, "mode %s: output %s", mode, output)
+	}
+	ran, err := filepath.Glob(filepath.Join(a.dir, "lib/bolt/tasks/ran-*"))
 	require.NoError(t, err)
-	_, err = strconv.ParseFloat(strings.TrimSpace(string(output)), 64)
-	require.NoError(t, err, "output: %s", output)
+	require.Len(t, ran, 3, "the task mode loads the task file in each of its 3 children")
 }

@@ -217,6 +217,17 @@ func createResultFile() (dir, path string, err error) {
 	return dir, path, nil
 }
 
+// removeResultFile removes the result folder. Removing the file and the folder directly
+// takes two system calls; os.RemoveAll, which takes several more, is needed only when the
+// task left other files there. A failure leaves a temporary folder behind and harms
+// nothing else.
+func removeResultFile(dir, path string) {
+	_ = os.Remove(path)
+	if os.Remove(dir) != nil {
+		_ = os.RemoveAll(dir)
+	}
+}
+
 // readResultFile returns up to limit bytes of the result file and whether it was longer.
 // A missing or empty file returns nil; anything but a regular file is an error.
 func readResultFile(path string, limit int) ([]byte, bool, error) {

@@ -190,7 +190,7 @@ func (p *Preloader) RunRuby(ctx context.Context, task taskpath.Task, spec childp
 		result.StartErr = err
 		return result
 	}
-	defer removeAll(resultDir)
+	defer removeResultFile(resultDir, resultPath)
 
 	proc.runTask(ctx, task, spec, resultPath, &result)
 	if result.StartErr != nil {

@@ -70,6 +70,8 @@ module BoltPreloader
 
     require "json"
     require "fiddle"
+    # ps shows this title in place of the whole script, which Ruby got with -e.
+    $0 = "bolt preloader #{app_dir}"
     # Garbage collected now, the boot's leftovers are not copied into every child, and
     # each child's exit has fewer objects to finalize.
     GC.start

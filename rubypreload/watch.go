@@ -158,6 +158,3 @@ func (p *Preloader) watchedChange(event fsnotify.Event) bool {
 	return true
 }
 
-// removeAll removes a task's result folder; a failure leaves a temporary folder behind
-// and harms nothing else.
-func removeAll(dir string) { _ = os.RemoveAll(dir) }
