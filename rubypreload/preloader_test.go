@@ -630,3 +630,24 @@ end
 	result = a.start(context.Background(), "slow", a.spec("slow", `{}`))
 	require.ErrorIs(t, result.StartErr, errClosed)
 }
+
+func TestCloseDuringBootKillsAtOnce(t *testing.T) {
+	t.Parallel()
+
+	a := newApp(t)
+	a.write("config/bolt.rb", "File.write(File.join(__dir__, 'booting'), Process.pid.to_s)\nsleep 600\n")
+	a.write("lib/bolt/tasks/noop.rb", noopTask)
+
+	done := make(chan childproc.Result, 1)
+	go func() { done <- a.start(context.Background(), "noop", a.spec("noop", `{}`)) }()
+	preloader := a.waitForPIDFile("config/booting")
+
+	started := time.Now()
+	require.NoError(t, a.preloader.Close())
+	require.Less(t, time.Since(started), stopWait, "Close must not wait for a boot to finish")
+	require.True(t, processGone(preloader))
+
+	result := <-done
+	require.Error(t, result.StartErr)
+	require.Zero(t, result.PID)
+}

@@ -412,7 +412,19 @@ func (p *process) stop() {
 		p.stopping = true
 		p.mu.Unlock()
 
+		// A preloader still booting reads the socket only after the boot, which could
+		// take long, and it has no children yet. The check comes first because closing
+		// the socket ends the reader, which closes ready.
+		booting := false
+		select {
+		case <-p.ready:
+		default:
+			booting = true
+		}
 		_ = p.conn.Close()
+		if booting {
+			p.kill()
+		}
 		timer := time.NewTimer(stopWait)
 		defer timer.Stop()
 		select {
