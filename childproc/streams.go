@@ -128,4 +128,12 @@ func (s *Streams) closeChildEnds() {
 	}
 }
 
-func (s *Streams) removeResultDir() { _ = os.RemoveAll(s.resultDir) }
+// removeResultDir removes the result folder. Removing the file and the folder directly
+// takes two system calls. os.RemoveAll, which takes several more, is needed only when the
+// task left other files there.
+func (s *Streams) removeResultDir() {
+	_ = os.Remove(s.resultPath)
+	if os.Remove(s.resultDir) != nil {
+		_ = os.RemoveAll(s.resultDir)
+	}
+}

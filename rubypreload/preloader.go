@@ -185,18 +185,7 @@ func (p *Preloader) RunRuby(ctx context.Context, task taskpath.Task, spec childp
 	}
 	defer p.release(proc)
 
-	resultDir, resultPath, err := createResultFile()
-	if err != nil {
-		result.StartErr = err
-		return result
-	}
-	defer removeResultFile(resultDir, resultPath)
-
-	proc.runTask(ctx, task, spec, resultPath, &result)
-	if result.StartErr != nil {
-		return result
-	}
-	result.ResultJSON, result.ResultTruncated, result.ResultErr = readResultFile(resultPath, spec.ResultLimit)
+	proc.runTask(ctx, task, spec, &result)
 
 	return result
 }

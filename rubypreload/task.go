@@ -3,6 +3,7 @@ package rubypreload
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -17,10 +18,6 @@ import (
 // startWait bounds the time from sending a task to the preloader until it reports the
 // forked child. Forking takes milliseconds; a preloader that takes longer is stuck.
 const startWait = 30 * time.Second
-
-// pipeDrainTimeout bounds how long output is read after the task's group was killed,
-// as in childproc: only a process that left the group can keep a pipe open that long.
-const pipeDrainTimeout = 2 * time.Second
 
 // taskEnvNames are the variables that differ from task to task. They are left out of
 // the preloader's own environment.
@@ -50,16 +47,13 @@ type taskRun struct {
 	replies *pendingTask
 	pid     int
 	started time.Time
-	stdout  *outputReader
-	stderr  *outputReader
-	stdin   *inputWriter
+	streams *childproc.Streams
 }
 
 // runTask runs the task in a child of the preloader and fills result the way
 // childproc.Run does.
-func (p *process) runTask(ctx context.Context, task taskpath.Task, spec childproc.Spec, resultPath string,
-	result *childproc.Result) {
-	run, err := p.startTask(task, spec, resultPath)
+func (p *process) runTask(ctx context.Context, task taskpath.Task, spec childproc.Spec, result *childproc.Result) {
+	run, err := p.startTask(task, spec)
 	if err != nil {
 		result.StartErr = err
 		return
@@ -86,20 +80,28 @@ func (p *process) runTask(ctx context.Context, task taskpath.Task, spec childpro
 	}
 	p.unregister(run.id)
 
-	run.drain()
-	result.Stdout, result.StdoutDropped = run.stdout.tail.Bytes(), run.stdout.tail.dropped
-	result.Stderr, result.StderrDropped = run.stderr.tail.Bytes(), run.stderr.tail.dropped
+	run.streams.Collect(result)
 }
 
-// startTask creates the task's pipes, sends the request with them and waits for the
-// preloader to report the child. On error nothing is left open.
-func (p *process) startTask(task taskpath.Task, spec childproc.Spec, resultPath string) (*taskRun, error) {
-	run := &taskRun{proc: p}
-	if err := run.openPipes(spec); err != nil {
+// startTask creates the task's pipes and result file, sends the request with them and
+// waits for the preloader to report the child. On error nothing is left open.
+func (p *process) startTask(task taskpath.Task, spec childproc.Spec) (*taskRun, error) {
+	streams, err := childproc.OpenStreams(spec)
+	if err != nil {
 		return nil, err
 	}
+	run := &taskRun{proc: p, streams: streams}
+	stdin, stdout, stderr := streams.ChildFiles()
+	if stdin == nil {
+		// The preloader always receives three descriptors, and no input is /dev/null.
+		if stdin, err = os.Open(os.DevNull); err != nil {
+			streams.Abandon()
+			return nil, fmt.Errorf("opening %s for stdin: %w", os.DevNull, err)
+		}
+		defer stdin.Close()
+	}
 
-	set, unset := p.envChanges(spec.Env, resultPath)
+	set, unset := p.envChanges(spec.Env, streams.ResultPath())
 	run.id, run.replies = p.register()
 	request := runRequest{
 		Op: "run", ID: run.id, Task: task.Name, TaskFile: task.Path, Constant: task.Constant,
@@ -107,21 +109,19 @@ func (p *process) startTask(task taskpath.Task, spec childproc.Spec, resultPath 
 	}
 
 	run.started = time.Now()
-	err := p.send(request, int(run.stdin.childEnd.Fd()), int(run.stdout.childEnd.Fd()), int(run.stderr.childEnd.Fd()))
-	// The message in flight holds its own copies of the descriptors.
-	run.closeChildEnds()
+	err = p.send(request, int(stdin.Fd()), int(stdout.Fd()), int(stderr.Fd()))
 	if err != nil {
 		p.unregister(run.id)
-		run.closeParentEnds()
+		streams.Abandon()
 		return nil, err
 	}
-	run.startCopying()
+	// The message in flight holds its own copies of the descriptors.
+	streams.Started()
 
 	pid, err := run.waitStarted()
 	if err != nil {
 		p.unregister(run.id)
-		run.closeParentEnds()
-		run.drain()
+		streams.Abandon()
 		return nil, err
 	}
 	run.pid = pid
