@@ -7,6 +7,7 @@ package reactor
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +63,10 @@ type Reactor struct {
 	// moreWaiting is set when the last catch-up hit its limit, so another is due once the
 	// heap runs low.
 	moreWaiting bool
+
+	// claimed holds the keys of the tasks this daemon is claiming or running, for the
+	// watcher goroutine: the change events of its own claims need no lookup.
+	claimed sync.Map
 
 	// foundNew tells the poller that a catch-up found tasks it had not seen, so it polls
 	// again soon.
@@ -159,6 +164,7 @@ func (r *Reactor) loop(fetchCtx, taskCtx context.Context) error {
 			}
 		case key := <-r.done:
 			delete(r.running, key)
+			r.claimed.Delete(key)
 		case <-due.C:
 		case <-idle.C:
 		}
@@ -178,7 +184,11 @@ func (r *Reactor) claimDue(fetchCtx, taskCtx context.Context) error {
 			continue
 		}
 
+		r.claimed.Store(e.Key, true)
 		doc, err := r.store.Claim(fetchCtx, id, now)
+		if err != nil {
+			r.claimed.Delete(e.Key)
+		}
 		if errors.Is(err, store.ErrNotClaimed) {
 			r.log.Debug().Str("task_id", idString(id)).Msg("reactor: task already claimed or gone")
 			continue
@@ -198,6 +208,7 @@ func (r *Reactor) claimDue(fetchCtx, taskCtx context.Context) error {
 			if err := r.store.Release(fetchCtx, id); err != nil {
 				r.log.Error().Err(err).Str("task_id", idString(id)).Msg("reactor: releasing early claim failed")
 			}
+			r.claimed.Delete(e.Key)
 			r.sched.Add(e.Key, id, at)
 			continue
 		}

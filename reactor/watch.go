@@ -131,6 +131,9 @@ func (r *Reactor) handleChange(ctx context.Context, change bson.Raw) {
 	case "delete":
 		r.send(ctx, event{kind: eventGone, id: id})
 	case "update":
+		if _, own := r.claimed.Load(keyOf(id)); own {
+			return // this daemon's own claim, or a change to a task it runs
+		}
 		if desc, ok := change.Lookup("updateDescription").DocumentOK(); ok && !touchesSchedule(desc) {
 			return
 		}
