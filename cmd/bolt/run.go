@@ -129,8 +129,12 @@ func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile
 		return err
 	}
 	defer st.Close(context.Background())
-	if err := st.EnsureIndexes(fetchCtx); err != nil {
-		log.Warn().Err(err).Msg("bolt: creating indexes failed; claims still work but may be slower")
+	// The embedded store (FerretDB 1.24) answers Bolt's queries without these indexes and
+	// fails to create them again on a restart, so they are made on MongoDB only.
+	if cfg.MongoURI != "" {
+		if err := st.EnsureIndexes(fetchCtx); err != nil {
+			log.Warn().Err(err).Msg("bolt: creating indexes failed; claims still work but may be slower")
+		}
 	}
 
 	// run_at is compared with the server's clock, so hosts with wrong clocks agree.
