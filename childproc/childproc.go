@@ -134,9 +134,11 @@ func (spec Spec) withDefaults() Spec {
 // to the group in any case, so that no process the task started outlives it. Run returns
 // after the leader is reaped and both pipes have reached end-of-file or were closed.
 //
-// NOTE: a process that leaves the group (with setsid or setpgid) escapes these signals,
-// and only the leader gets the parent-death signal. Putting each task into its own
-// cgroup would close that gap.
+// Only the leader gets the parent-death signal. With spec.Guard set, the rest of the group
+// is killed too when Bolt dies.
+//
+// NOTE: a process that leaves the group (with setsid or setpgid) escapes these signals and
+// the guard. Putting each task into its own cgroup would close that gap.
 func Run(ctx context.Context, spec Spec) Result {
 	spec = spec.withDefaults()
 	result := Result{ExitCode: -1}
