@@ -68,6 +68,7 @@ type Server struct {
 	// writeMu serialises write commands, which FerretDB does not run
 	// atomically, and the change events recorded for them.
 	writeMu sync.Mutex
+	ids     *idIndexer
 	events  *eventLog
 	cursors *cursorRegistry
 
@@ -167,6 +168,7 @@ func (s *Server) startFerret(dataDir string, useTCP bool) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return fmt.Errorf("starting embedded store: creating data folder: %w", err)
 	}
+	s.ids = &idIndexer{dir: dataDir, log: s.log, done: map[namespace]bool{}}
 
 	s.socketDir, err = os.MkdirTemp("", "bolt-store-")
 	if err != nil {

@@ -81,6 +81,10 @@ func (c *gateConn) runStatementCommand(request message, msg *opMsg, name string)
 
 	c.server.writeMu.Lock()
 	defer c.server.writeMu.Unlock()
+	if name == "insert" {
+		// Deferred after the unlock, so it runs first, still under the lock.
+		defer c.server.ids.ensure(command.ns)
+	}
 
 	watched := c.server.events.isWatched(command.ns)
 	if len(rejected) == 0 && !watched {
