@@ -68,7 +68,7 @@ type Spec struct {
 	// ResultLimit is the maximum number of bytes read from the result file; zero or
 	// less means DefaultResultLimit.
 	ResultLimit int
-	// Guard, when set, is told about the child's process group so that the group is
+	// Guard, when set, receives the child's process group ID, so that the group is
 	// killed even when Bolt dies with SIGKILL (see Guard).
 	Guard *Guard
 }

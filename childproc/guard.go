@@ -63,8 +63,8 @@ func (g *Guard) send(op byte, pgid int) {
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	// A failed write means the guard is gone; the tasks still die with their leader's
-	// parent-death signal, so there is nothing better to do than carry on.
+	// A failed write means the guard is gone. Each task's leader still dies with its
+	// parent-death signal, so carrying on is the best that can be done.
 	_, _ = fmt.Fprintf(g.w, "%c%d\n", op, pgid)
 }
 

@@ -78,7 +78,7 @@ func (l *Liveness) Run(ctx context.Context) {
 		if err := l.Store.Beat(ctx, time.Now()); err != nil && ctx.Err() == nil {
 			log.Error().Err(err).Msg("liveness: beat failed")
 			// While this daemon cannot reach the store, neither can the others: forget what
-			// was observed, so nobody is judged dead for beats it could not write.
+			// was observed, so no daemon is judged dead for beats it could not write.
 			l.seen = map[string]observation{}
 			if errors.Is(err, store.ErrRecordGone) {
 				if l.OnLost != nil {

@@ -68,7 +68,7 @@ type Reactor struct {
 	// watcher goroutine: the change events of its own claims need no lookup.
 	claimed sync.Map
 
-	// foundNew tells the poller that a catch-up found tasks it had not seen, so it polls
+	// foundNew is set when a catch-up found tasks it had not seen, so the poller polls
 	// again soon.
 	foundNew atomic.Bool
 }

@@ -36,7 +36,7 @@ var noChangeStreamCodes = []int{40573, 40324, 115, 59, 238}
 const changeStreamHistoryLost = 286
 
 // watch feeds the loop with events from a change stream, or from polling when the server
-// has no change streams. It asks for a catch-up after every (re)connection, so tasks
+// has no change streams. It requests a catch-up after every (re)connection, so tasks
 // inserted while the stream was down are never overlooked.
 func (r *Reactor) watch(ctx context.Context) {
 	var token bson.Raw
@@ -180,7 +180,7 @@ func (r *Reactor) lookupAndSend(ctx context.Context, id bson.RawValue) {
 	}
 }
 
-// poll asks the loop for a catch-up on a backoff schedule: quickly after new tasks were
+// poll requests a catch-up from the loop on a backoff schedule: quickly after new tasks were
 // found, then more and more rarely up to PollMax while the queue is quiet. The jitter keeps
 // many daemons on one database from polling in step.
 func (r *Reactor) poll(ctx context.Context) {

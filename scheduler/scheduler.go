@@ -1,4 +1,4 @@
-// Package scheduler keeps the tasks a daemon knows about in a timer heap ordered by due time,
+// Package scheduler keeps the tasks a daemon has seen in a timer heap ordered by due time,
 // then by the order in which they were added, so the reactor claims them in run_at, then
 // insertion, order.
 package scheduler

@@ -34,7 +34,7 @@ func (c *Clock) local() time.Time { return time.Now().Add(c.skew) }
 
 // Sync measures the offset between this host's clock and the server's from the localTime
 // of a hello reply. It takes the end of the round trip as the moment the server read its
-// clock, which errs towards an earlier server time: a task then starts late by up to one
+// clock, which errs towards an earlier server time. So a task starts late by up to one
 // round trip (and a millisecond of BSON date precision), never early.
 func (c *Clock) Sync(ctx context.Context) (time.Duration, error) {
 	var reply struct {

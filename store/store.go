@@ -128,9 +128,9 @@ func (s *Store) Lookup(ctx context.Context, id bson.RawValue) (w Waiting, ok boo
 // The filter matches on _id equality so that the embedded store, which pushes down only _id
 // equality, reads one document instead of scanning the queue.
 func (s *Store) Claim(ctx context.Context, id bson.RawValue, now time.Time) (bson.Raw, error) {
-	// A task this daemon already owns but does not run is one whose claim reply was lost
-	// (the connection dropped after the server applied it); the caller never claims a task
-	// it runs, so matching it again recovers the task instead of stranding it.
+	// A task this daemon owns but does not run is one whose claim reply was lost: the
+	// connection dropped after the server applied the claim. The caller never claims a task
+	// it runs, so matching such a task again recovers it instead of stranding it.
 	filter := bson.D{
 		{Key: "_id", Value: id},
 		{Key: "$or", Value: bson.A{

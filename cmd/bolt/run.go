@@ -129,7 +129,7 @@ func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile
 		return err
 	}
 	defer st.Close(context.Background())
-	// The embedded store (FerretDB 1.24) answers Bolt's queries without these indexes and
+	// The embedded store (FerretDB 1.24) does not use these indexes for Bolt's queries and
 	// fails to create them again on a restart, so they are made on MongoDB only.
 	if cfg.MongoURI != "" {
 		if err := st.EnsureIndexes(fetchCtx); err != nil {
@@ -211,7 +211,7 @@ func runUntilStopped(cfg *config.Config, drain bool, log zerolog.Logger, logFile
 	r := reactor.New(st, exec, reactor.Config{
 		Throttle: cfg.Throttle, CatchUpLimit: cfg.CatchUpLimit, Drain: drain, Logger: log,
 		Poll: cfg.Watch == "poll",
-		Now: clock.Now,
+		Now:  clock.Now,
 		OnLoop: func() {
 			heartbeat.Touch()
 			kills.Poll()

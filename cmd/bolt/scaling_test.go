@@ -137,7 +137,7 @@ while [ ! -e %[1]s/go ]; do sleep 0.1; done
 	}
 }
 
-func TestTaskKillingItsDaemonIsFailedAfterMaxAttempts(t *testing.T) {
+func TestDaemonKillerFailsAfterMaxAttempts(t *testing.T) {
 	t.Parallel()
 	app := newApp(t)
 	app.setConfig("max_attempts = 3")
@@ -195,7 +195,7 @@ func TestDaemonsSurviveStoreOutage(t *testing.T) {
 	}
 }
 
-func TestClockSkewNeitherRunsEarlyNorRecyclesLiveDaemons(t *testing.T) {
+func TestClockSkewKeepsScheduleAndLiveness(t *testing.T) {
 	t.Parallel()
 	app := newApp(t)
 	app.setConfig("lease = 2")
