@@ -278,7 +278,8 @@ func TestLiveLeaseBlocksOtherSenders(t *testing.T) {
 	require.NoError(t, n.Enqueue(ctx, successOutcome(nil)))
 	pending := loadNotifications(t, db)
 	require.Len(t, pending, 1)
-	leaseEnd := time.Now().Add(700 * time.Millisecond)
+	// BSON dates keep milliseconds, so the lease ends at the truncated time the store keeps.
+	leaseEnd := time.Now().Add(700 * time.Millisecond).Truncate(time.Millisecond)
 	_, err := db.Collection(leasesCollection).InsertOne(ctx, lease{
 		ID:             pending[0].ID + "/1",
 		NotificationID: pending[0].ID,
